@@ -1,0 +1,3 @@
+from simstudy.cli import main
+
+raise SystemExit(main())

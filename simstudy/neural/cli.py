@@ -1,0 +1,30 @@
+"""``simstudy neural {routers,jei-dnn,phatgoose}``: dispatch to each benchmark's own CLI."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# each benchmark module exposes ``main(argv) -> int``; imported lazily so that torch is only
+# needed when a neural benchmark actually runs
+BENCHMARKS = {
+    "routers": "simstudy.neural.routers_bench",
+    "jei-dnn": "simstudy.neural.jei_dnn.bench",
+    "phatgoose": "simstudy.neural.phatgoose.bench",
+}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="simstudy neural", description="Neural gating benchmarks (needs simstudy[torch])."
+    )
+    parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="options of the benchmark")
+    ns = parser.parse_args(argv)
+    try:
+        module = importlib.import_module(BENCHMARKS[ns.benchmark])
+    except ModuleNotFoundError as exc:
+        if exc.name == "torch":
+            parser.error("the neural benchmarks need torch: pip install 'simstudy[torch]'")
+        raise
+    return int(module.main(ns.args) or 0)
