@@ -30,7 +30,8 @@ class UniformBox:
             raise ValueError(f"d: the input dimension must be an integer >= 1, got {self.d!r}")
         if not (np.isfinite(self.low) and np.isfinite(self.high)) or not self.low < self.high:
             raise ValueError(
-                f"low/high: need finite bounds with low < high, got low={self.low}, high={self.high}"
+                "low/high: need finite bounds with low < high, "
+                f"got low={self.low}, high={self.high}"
             )
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -160,7 +160,9 @@ class MoEParams:
         allowed = {"beta0", "beta1", "a", "b", "v", "K", "ref"}
         unknown = set(data) - allowed
         if unknown:
-            raise ValueError(f"MoEParams: unknown key(s) {sorted(unknown)}; allowed {sorted(allowed)}")
+            raise ValueError(
+                f"MoEParams: unknown key(s) {sorted(unknown)}; allowed {sorted(allowed)}"
+            )
         missing = {"beta0", "beta1", "a", "b", "v", "K"} - set(data)
         if missing:
             raise ValueError(f"MoEParams: missing key(s) {sorted(missing)}")
