@@ -4,12 +4,14 @@ One SQUAREM cycle from theta0: two EM steps theta1 = F(theta0), theta2 = F(theta
 r = theta1 - theta0 and u = theta2 - 2 theta1 + theta0 the extrapolation is
 theta' = theta0 - 2 alpha r + alpha^2 u with alpha = -|r| / |u| (S3), alpha <= -1. Then one
 stabilising EM step from theta'. alpha = -1 gives theta' = theta2 exactly, i.e. plain EM.
+(The code uses the positive step length -alpha.)
 
 Monotone safeguard: theta' is kept only if it is valid and its log-likelihood is at least that
 of theta2; otherwise alpha is pulled towards -1 ((alpha - 1) / 2) and finally falls back to
 theta2. Since the EM map itself never lowers the log-likelihood, a cycle never does either.
-The largest step length adapts as in the SQUAREM package: it starts at 1 and is multiplied by 4
-whenever the full step length is accepted at the current maximum.
+The bound on |alpha| adapts as in the SQUAREM package: it starts at 1, is multiplied by 4
+whenever the step length is clamped at the bound and kept, and divided by 4 (not below 1)
+after a backtrack.
 """
 
 from __future__ import annotations
@@ -84,24 +86,29 @@ def squarem_cycle(
     nu = float(np.linalg.norm(u))
     theta_p = s2.theta
     if nr > 0.0 and nu > 0.0:
-        alpha = -min(max(nr / nu, 1.0), state.step_max)
-        at_max = alpha == -state.step_max
+        # S3 step length, as a positive number: theta' = theta0 + 2 alpha r + alpha^2 u
+        alpha_raw = nr / nu
+        alpha = min(max(alpha_raw, 1.0), state.step_max)
+        accepted = alpha == 1.0
         for _ in range(state.max_backtracks):
-            if alpha >= -1.0:
+            if alpha <= 1.0:
+                alpha, accepted = 1.0, True
                 break
-            cand = theta0 - 2.0 * alpha * r + alpha * alpha * u
+            cand = theta0 + 2.0 * alpha * r + alpha * alpha * u
             if valid(cand):
                 l_cand = loglik(cand)
                 if np.isfinite(l_cand) and l_cand >= s2.loglik_out:
-                    theta_p = cand
+                    theta_p, accepted = cand, True
                     state.n_extrapolated += 1
-                    if at_max:
-                        state.step_max *= state.step_max_factor
                     break
-            alpha = 0.5 * (alpha - 1.0)
-            at_max = False
-        else:
+            alpha = 0.5 * (alpha + 1.0)
+        if not accepted or alpha < min(alpha_raw, state.step_max):
+            # backtracked: the extrapolation overshot, shrink the bound of the step length
             state.n_fallback += 1
+            state.step_max = max(1.0, state.step_max / state.step_max_factor)
+        elif alpha == state.step_max and alpha_raw >= state.step_max:
+            # the full step at the bound worked: allow longer steps
+            state.step_max *= state.step_max_factor
     s3 = em_map(theta_p)
     n_steps += 1
     if s3 is None:

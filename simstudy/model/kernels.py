@@ -76,54 +76,63 @@ def select_topk(s, K, active):
 
 
 @njit(cache=True)
-def _gating_point(x, beta0, beta1, K, s, active, eta):
-    """Fill scores ``s``, the active set and the logits ``eta``; return log-sum-exp of eta."""
+def _point(X, nn, yv, beta0, beta1, a, b, logv, invv, K, s, active, ew, ej, res):
+    """Everything one point needs, with two max-shifted log-sum-exps (2K exp, 2 log).
+
+    Fills the active set, ``ew_i = exp(eta_i - max eta)`` (gating, 0 off the active set),
+    ``ej_i = exp(lj_i - max lj)`` with ``lj_i = eta_i + log N(y; a_i.x + b_i, v_i)`` and the
+    residuals ``res_i``. Returns ``(log p(y | x), sum ew, sum ej)``, so that the gating
+    weights are ``ew / sum ew`` and the responsibilities ``ej / sum ej``.
+    """
     k, d = beta1.shape
     for i in range(k):
         acc = 0.0
         for t in range(d):
-            acc += beta1[i, t] * x[t]
+            acc += beta1[i, t] * X[nn, t]
         s[i] = acc
-        eta[i] = acc + beta0[i]
     select_topk(s, K, active)
-    m = -np.inf
-    for i in range(k):
-        if active[i] and eta[i] > m:
-            m = eta[i]
-    acc = 0.0
+    m1 = -np.inf
+    m2 = -np.inf
     for i in range(k):
         if active[i]:
-            acc += math.exp(eta[i] - m)
-    return m + math.log(acc)
+            eta = s[i] + beta0[i]
+            mu = b[i]
+            for t in range(d):
+                mu += a[i, t] * X[nn, t]
+            e = yv - mu
+            res[i] = e
+            lj = eta - 0.5 * (LOG_2PI + logv[i] + e * e * invv[i])
+            ew[i] = eta  # logits and log joints are kept until the shifts are known
+            ej[i] = lj
+            if eta > m1:
+                m1 = eta
+            if lj > m2:
+                m2 = lj
+    totw = 0.0
+    totj = 0.0
+    for i in range(k):
+        if active[i]:
+            ew[i] = math.exp(ew[i] - m1)
+            ej[i] = math.exp(ej[i] - m2)
+            totw += ew[i]
+            totj += ej[i]
+        else:
+            ew[i] = 0.0
+            ej[i] = 0.0
+            res[i] = 0.0
+    lp = (m2 + math.log(totj)) - (m1 + math.log(totw))
+    return lp, totw, totj
 
 
 @njit(cache=True)
-def _joint_point(x, yv, beta0, beta1, a, b, v, K, s, active, eta, lj, res):
-    """Per-point log joint ``lj_i = log w_i + log N_i`` (active only) and residuals.
-
-    Returns log p(y | x). ``res_i = y - a_i.x - b_i`` is filled for active experts.
-    """
-    k, d = a.shape
-    lse = _gating_point(x, beta0, beta1, K, s, active, eta)
-    m = -np.inf
-    for i in range(k):
-        if active[i]:
-            mu = b[i]
-            for t in range(d):
-                mu += a[i, t] * x[t]
-            e = yv - mu
-            res[i] = e
-            lj[i] = eta[i] - lse - 0.5 * (LOG_2PI + math.log(v[i]) + e * e / v[i])
-            if lj[i] > m:
-                m = lj[i]
-        else:
-            lj[i] = -np.inf
-            res[i] = 0.0
-    acc = 0.0
-    for i in range(k):
-        if active[i]:
-            acc += math.exp(lj[i] - m)
-    return m + math.log(acc)
+def _scratch(k):
+    return (
+        np.empty(k),
+        np.empty(k, dtype=np.bool_),
+        np.empty(k),
+        np.empty(k),
+        np.empty(k),
+    )
 
 
 @njit(cache=True)
@@ -149,13 +158,11 @@ def log_density_points(X, y, beta0, beta1, a, b, v, K, out):
     """Fill ``out`` (n,) with log p(y_n | x_n)."""
     n = X.shape[0]
     k = beta0.shape[0]
-    s = np.empty(k)
-    eta = np.empty(k)
-    lj = np.empty(k)
-    res = np.empty(k)
-    active = np.empty(k, dtype=np.bool_)
+    logv = np.log(v)
+    invv = 1.0 / v
+    s, active, ew, ej, res = _scratch(k)
     for nn in range(n):
-        out[nn] = _joint_point(X[nn], y[nn], beta0, beta1, a, b, v, K, s, active, eta, lj, res)
+        out[nn] = _point(X, nn, y[nn], beta0, beta1, a, b, logv, invv, K, s, active, ew, ej, res)[0]
 
 
 @njit(cache=True)
@@ -163,14 +170,12 @@ def loglik(X, y, beta0, beta1, a, b, v, K):
     """Observed log-likelihood sum_n log p(y_n | x_n) (selection recomputed)."""
     n = X.shape[0]
     k = beta0.shape[0]
-    s = np.empty(k)
-    eta = np.empty(k)
-    lj = np.empty(k)
-    res = np.empty(k)
-    active = np.empty(k, dtype=np.bool_)
+    logv = np.log(v)
+    invv = 1.0 / v
+    s, active, ew, ej, res = _scratch(k)
     total = 0.0
     for nn in range(n):
-        total += _joint_point(X[nn], y[nn], beta0, beta1, a, b, v, K, s, active, eta, lj, res)
+        total += _point(X, nn, y[nn], beta0, beta1, a, b, logv, invv, K, s, active, ew, ej, res)[0]
     return total
 
 
@@ -179,30 +184,31 @@ def e_step(X, y, beta0, beta1, a, b, v, K, R, mask):
     """E-step: fill responsibilities ``R`` (n, k) and active sets ``mask``; return log-lik."""
     n = X.shape[0]
     k = beta0.shape[0]
-    s = np.empty(k)
-    eta = np.empty(k)
-    lj = np.empty(k)
-    res = np.empty(k)
-    active = np.empty(k, dtype=np.bool_)
+    logv = np.log(v)
+    invv = 1.0 / v
+    s, active, ew, ej, res = _scratch(k)
     total = 0.0
     for nn in range(n):
-        lp = _joint_point(X[nn], y[nn], beta0, beta1, a, b, v, K, s, active, eta, lj, res)
+        lp, totw, totj = _point(
+            X, nn, y[nn], beta0, beta1, a, b, logv, invv, K, s, active, ew, ej, res
+        )
         total += lp
         for i in range(k):
             mask[nn, i] = active[i]
-            R[nn, i] = math.exp(lj[i] - lp) if active[i] else 0.0
+            R[nn, i] = ej[i] / totj
     return total
 
 
 @njit(cache=True)
-def _accumulate_expert(x, yv, r, i, XtX, Xty, sr, syy):
-    d = x.shape[0]
+def _accumulate_expert(X, nn, yv, r, i, XtX, Xty, sr, syy):
+    d = X.shape[1]
     for u in range(d + 1):
-        zu = x[u] if u < d else 1.0
-        Xty[i, u] += r * zu * yv
+        zu = X[nn, u] if u < d else 1.0
+        rz = r * zu
+        Xty[i, u] += rz * yv
         for w in range(u, d + 1):
-            zw = x[w] if w < d else 1.0
-            XtX[i, u, w] += r * zu * zw
+            zw = X[nn, w] if w < d else 1.0
+            XtX[i, u, w] += rz * zw
     sr[i] += r
     syy[i] += r * yv * yv
 
@@ -233,12 +239,12 @@ def expert_stats(X, y, R, XtX, Xty, sr, syy):
         for i in range(k):
             r = R[nn, i]
             if r != 0.0:
-                _accumulate_expert(X[nn], y[nn], r, i, XtX, Xty, sr, syy)
+                _accumulate_expert(X, nn, y[nn], r, i, XtX, Xty, sr, syy)
     _symmetrize_expert(XtX)
 
 
 @njit(cache=True)
-def _accumulate_gating(x, r, w, active, ref, g, H):
+def _accumulate_gating(X, nn, r, w, active, ref, g, H):
     """Add one point to the gradient and Hessian of Q(beta) in the free gating parameters.
 
     Q_n = sum_i r_i log w_i with the point's active set held; dQ/dbeta_j = (r_j - w_j) z and
@@ -246,7 +252,7 @@ def _accumulate_gating(x, r, w, active, ref, g, H):
     accumulated (symmetrised afterwards).
     """
     k = w.shape[0]
-    d = x.shape[0]
+    d = X.shape[1]
     p = d + 1
     bj = 0
     for j in range(k):
@@ -255,7 +261,7 @@ def _accumulate_gating(x, r, w, active, ref, g, H):
         if active[j]:
             cj = r[j] - w[j]
             for u in range(p):
-                zu = x[u] if u < d else 1.0
+                zu = X[nn, u] if u < d else 1.0
                 g[bj * p + u] += cj * zu
             bl = bj
             for l in range(j, k):
@@ -266,11 +272,11 @@ def _accumulate_gating(x, r, w, active, ref, g, H):
                     if l == j:
                         c -= w[j]
                     for u in range(p):
-                        zu = x[u] if u < d else 1.0
+                        cz = c * (X[nn, u] if u < d else 1.0)
                         w0 = u if l == j else 0
                         for q in range(w0, p):
-                            zq = x[q] if q < d else 1.0
-                            H[bj * p + u, bl * p + q] += c * zu * zq
+                            zq = X[nn, q] if q < d else 1.0
+                            H[bj * p + u, bl * p + q] += cz * zq
                 bl += 1
         bj += 1
 
@@ -296,12 +302,14 @@ def gating_grad_hess(X, R, mask, beta0, beta1, ref, g, H):
     H[:] = 0.0
     eta = np.empty(k)
     w = np.empty(k)
+    r = np.empty(k)
     active = np.empty(k, dtype=np.bool_)
     Q = 0.0
     for nn in range(n):
         m = -np.inf
         for i in range(k):
             active[i] = mask[nn, i]
+            r[i] = R[nn, i]
             acc = beta0[i]
             for t in range(d):
                 acc += beta1[i, t] * X[nn, t]
@@ -316,13 +324,26 @@ def gating_grad_hess(X, R, mask, beta0, beta1, ref, g, H):
         for i in range(k):
             if active[i]:
                 w[i] = math.exp(eta[i] - lse)
-                if R[nn, i] != 0.0:
-                    Q += R[nn, i] * (eta[i] - lse)
+                if r[i] != 0.0:
+                    Q += r[i] * (eta[i] - lse)
             else:
                 w[i] = 0.0
-        _accumulate_gating(X[nn], R[nn], w, active, ref, g, H)
+        _accumulate_gating(X, nn, r, w, active, ref, g, H)
     _symmetrize(H)
     return Q
+
+
+@njit(cache=True)
+def _accumulate_expert_grad(X, nn, ri, e, i, invv, ng, grad):
+    d = X.shape[1]
+    p = d + 1
+    k = invv.shape[0]
+    c = ri * e * invv[i]
+    base = ng + i * p
+    for u in range(d):
+        grad[base + u] += c * X[nn, u]
+    grad[base + d] += c
+    grad[ng + k * p + i] += 0.5 * ri * (e * e * invv[i] - 1.0)
 
 
 @njit(cache=True)
@@ -338,8 +359,7 @@ def em_pass(X, y, beta0, beta1, a, b, v, K, ref, XtX, Xty, sr, syy, g, H, grad):
     """
     n, d = X.shape
     k = beta0.shape[0]
-    p = d + 1
-    ng = (k - 1) * p
+    ng = (k - 1) * (d + 1)
     XtX[:] = 0.0
     Xty[:] = 0.0
     sr[:] = 0.0
@@ -347,48 +367,26 @@ def em_pass(X, y, beta0, beta1, a, b, v, K, ref, XtX, Xty, sr, syy, g, H, grad):
     g[:] = 0.0
     H[:] = 0.0
     grad[:] = 0.0
-    s = np.empty(k)
-    eta = np.empty(k)
-    lj = np.empty(k)
-    res = np.empty(k)
-    r = np.empty(k)
-    w = np.empty(k)
-    active = np.empty(k, dtype=np.bool_)
+    logv = np.log(v)
+    invv = 1.0 / v
+    s, active, ew, ej, res = _scratch(k)
     total = 0.0
     for nn in range(n):
-        x = X[nn]
         yv = y[nn]
-        lp = _joint_point(x, yv, beta0, beta1, a, b, v, K, s, active, eta, lj, res)
+        lp, totw, totj = _point(
+            X, nn, yv, beta0, beta1, a, b, logv, invv, K, s, active, ew, ej, res
+        )
         total += lp
-        # log-sum-exp of the gating logits, for the gating weights w
-        m = -np.inf
+        # in place: ew -> gating weights, ej -> responsibilities
         for i in range(k):
-            if active[i] and eta[i] > m:
-                m = eta[i]
-        tot = 0.0
+            ew[i] /= totw
+            ej[i] /= totj
         for i in range(k):
-            if active[i]:
-                tot += math.exp(eta[i] - m)
-        lse = m + math.log(tot)
-        for i in range(k):
-            if active[i]:
-                r[i] = math.exp(lj[i] - lp)
-                w[i] = math.exp(eta[i] - lse)
-            else:
-                r[i] = 0.0
-                w[i] = 0.0
-        for i in range(k):
-            ri = r[i]
+            ri = ej[i]
             if ri != 0.0:
-                _accumulate_expert(x, yv, ri, i, XtX, Xty, sr, syy)
-                e = res[i]
-                c = ri * e / v[i]
-                base = ng + i * p
-                for u in range(d):
-                    grad[base + u] += c * x[u]
-                grad[base + d] += c
-                grad[ng + k * p + i] += 0.5 * ri * (e * e / v[i] - 1.0)
-        _accumulate_gating(x, r, w, active, ref, g, H)
+                _accumulate_expert(X, nn, yv, ri, i, XtX, Xty, sr, syy)
+                _accumulate_expert_grad(X, nn, ri, res[i], i, invv, ng, grad)
+        _accumulate_gating(X, nn, ej, ew, active, ref, g, H)
     _symmetrize_expert(XtX)
     _symmetrize(H)
     for u in range(ng):
@@ -409,43 +407,25 @@ def obs_grad(X, y, beta0, beta1, a, b, v, K, ref, grad):
     p = d + 1
     ng = (k - 1) * p
     grad[:] = 0.0
-    s = np.empty(k)
-    eta = np.empty(k)
-    lj = np.empty(k)
-    res = np.empty(k)
-    active = np.empty(k, dtype=np.bool_)
+    logv = np.log(v)
+    invv = 1.0 / v
+    s, active, ew, ej, res = _scratch(k)
     total = 0.0
     for nn in range(n):
-        x = X[nn]
-        lp = _joint_point(x, y[nn], beta0, beta1, a, b, v, K, s, active, eta, lj, res)
+        lp, totw, totj = _point(
+            X, nn, y[nn], beta0, beta1, a, b, logv, invv, K, s, active, ew, ej, res
+        )
         total += lp
-        m = -np.inf
-        for i in range(k):
-            if active[i] and eta[i] > m:
-                m = eta[i]
-        tot = 0.0
-        for i in range(k):
-            if active[i]:
-                tot += math.exp(eta[i] - m)
-        lse = m + math.log(tot)
         bj = 0
         for i in range(k):
-            if not active[i]:
-                if i != ref:
-                    bj += 1
-                continue
-            ri = math.exp(lj[i] - lp)
+            ri = ej[i] / totj
             if i != ref:
-                cj = ri - math.exp(eta[i] - lse)
-                for u in range(d):
-                    grad[bj * p + u] += cj * x[u]
-                grad[bj * p + d] += cj
+                if active[i]:
+                    cj = ri - ew[i] / totw
+                    for u in range(d):
+                        grad[bj * p + u] += cj * X[nn, u]
+                    grad[bj * p + d] += cj
                 bj += 1
-            e = res[i]
-            c = ri * e / v[i]
-            base = ng + i * p
-            for u in range(d):
-                grad[base + u] += c * x[u]
-            grad[base + d] += c
-            grad[ng + k * p + i] += 0.5 * ri * (e * e / v[i] - 1.0)
+            if ri != 0.0:
+                _accumulate_expert_grad(X, nn, ri, res[i], i, invv, ng, grad)
     return total
