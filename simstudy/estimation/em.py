@@ -176,12 +176,11 @@ class TopKMoEEM(BaseEM):
         self._X, self._y = X, y
         self._n, self._d, self._p = n, d, p
         self._ng = (k - 1) * p
-        self._XtX = np.zeros((k, p, p))
-        self._Xty = np.zeros((k, p))
-        self._sr = np.zeros(k)
-        self._syy = np.zeros(k)
-        self._g = np.zeros(self._ng)
-        self._H = np.zeros((self._ng, self._ng))
+        # statistics at the current point, and at the last trial point of a gating step (the
+        # trial's fused pass doubles as the next iteration's E-step when the step is taken)
+        self._stats = _Stats(k, d)
+        self._trial = _Stats(k, d)
+        self._trial_key = None
         self._grad = np.zeros(kernels.n_free(k, d))
         self._ref = 0  # set by _initialize
         self._log_floor = float(np.log(self.var_floor))
@@ -249,15 +248,33 @@ class TopKMoEEM(BaseEM):
         return float(np.linalg.norm(self._grad)) / self._n
 
     def _flags(self, theta) -> dict:
-        beta0, beta1, a, b, v = self._unpack(theta)
-        kernels.em_pass(
-            self._X, self._y, beta0, beta1, a, b, v, self._K, self._ref,
-            self._XtX, self._Xty, self._sr, self._syy, self._g, self._H, self._grad,
-        )  # fmt: skip
+        arrays = self._unpack(theta)
+        st = _Stats(self._k, self._d)
+        st.run(self._X, self._y, arrays, self._K, self._ref)
         return {
-            "var_floor": bool(np.any(v <= self.var_floor * (1 + 1e-9))),
-            "empty_expert": bool(np.any(self._sr < 1.0)),
+            "var_floor": bool(np.any(arrays[4] <= self.var_floor * (1 + 1e-9))),
+            "empty_expert": bool(np.any(st.sr < 1.0)),
         }
+
+    def _pass(self, theta):
+        """Fused pass at ``theta`` into ``self._stats`` (reusing a matching trial pass)."""
+        if self._trial_key is not None and self._trial_key == theta.tobytes():
+            self._stats, self._trial = self._trial, self._stats
+            self._trial_key = None
+            return self._stats.loglik
+        self._trial_key = None
+        return self._stats.run(self._X, self._y, self._unpack(theta), self._K, self._ref)
+
+    def _trial_loglik(self, beta0, beta1, a, b, v):
+        """Log-likelihood at a trial point via a fused pass kept for the next iteration.
+
+        Returns the packed trial vector and its log-likelihood; the statistics are evaluated
+        at exactly the arrays the packed vector unpacks to (variances go through log/exp).
+        """
+        theta = self._pack(beta0, beta1, a, b, v)
+        self._trial.run(self._X, self._y, self._unpack(theta), self._K, self._ref)
+        self._trial_key = theta.tobytes()
+        return theta, self._trial.loglik
 
     # -- the EM map ---------------------------------------------------------------------------
     def _expert_step(self, a, b, v):
@@ -266,55 +283,61 @@ class TopKMoEEM(BaseEM):
         a_new, b_new, v_new = a.copy(), b.copy(), v.copy()
         tiny = 1e-12 * self._n
         for i in range(k):
-            sr = self._sr[i]
+            sr = self._stats.sr[i]
             if not sr > tiny:  # an (almost) empty expert keeps its parameters
                 continue
-            A, c = self._XtX[i], self._Xty[i]
+            A, c = self._stats.XtX[i], self._stats.Xty[i]
             try:
                 coef = np.linalg.solve(A, c)
             except np.linalg.LinAlgError:
                 coef = np.linalg.lstsq(A, c, rcond=None)[0]
             if not np.all(np.isfinite(coef)):
                 coef = np.linalg.lstsq(A, c, rcond=None)[0]
-            rss = self._syy[i] - 2.0 * (coef @ c) + coef @ A @ coef
+            rss = self._stats.syy[i] - 2.0 * (coef @ c) + coef @ A @ coef
             a_new[i], b_new[i] = coef[:d], coef[d]
             v_new[i] = max(rss / sr, self.var_floor)
         return a_new, b_new, v_new
 
     def _gating_step(self, beta0, beta1, a, b, v, l_start):
-        """Newton step with halving; returns (beta0, beta1, loglik) or None if none qualifies."""
+        """Newton step with halving; returns (theta, loglik) or None if no step qualifies.
+
+        The full step is evaluated by a fused pass (kept for the next E-step), halved steps
+        by plain log-likelihood passes.
+        """
         ng, p, d = self._ng, self._p, self._d
-        A = -self._H
+        g = self._stats.g
+        A = -self._stats.H
         scale = max(1.0, float(np.max(np.abs(np.diag(A))))) if ng else 1.0
         A = A + self.ridge * scale * np.eye(ng)
         try:
-            delta = np.linalg.solve(A, self._g)
+            delta = np.linalg.solve(A, g)
         except np.linalg.LinAlgError:
-            delta = np.linalg.lstsq(A, self._g, rcond=None)[0]
+            delta = np.linalg.lstsq(A, g, rcond=None)[0]
         if not np.all(np.isfinite(delta)) or not np.any(delta):
             return None
         free = np.arange(self._k) != self._ref
         step = np.zeros((self._k, p))
         step[free] = delta.reshape(-1, p)
         t = 1.0
-        for _ in range(self.max_halvings):
+        for halving in range(self.max_halvings):
             b1 = beta1 + t * step[:, :d]
             b0 = beta0 + t * step[:, d]
-            lt = self._loglik_arrays(b0, b1, a, b, v)
+            if halving == 0:
+                theta, lt = self._trial_loglik(b0, b1, a, b, v)
+            else:
+                theta = self._pack(b0, b1, a, b, v)
+                lt = self._loglik(theta)
             if np.isfinite(lt) and lt >= l_start:
-                return b0, b1, lt
+                return theta, lt
             t *= 0.5
         return None
 
     def _em_step(self, theta) -> StepOut | None:
         beta0, beta1, a, b, v = self._unpack(theta)
-        l0 = kernels.em_pass(
-            self._X, self._y, beta0, beta1, a, b, v, self._K, self._ref,
-            self._XtX, self._Xty, self._sr, self._syy, self._g, self._H, self._grad,
-        )  # fmt: skip
+        l0 = self._pass(theta)
         if not np.isfinite(l0):
             return None
-        gnorm = float(np.linalg.norm(self._grad)) / self._n
+        gnorm = float(np.linalg.norm(self._stats.grad)) / self._n
         a, b, v = self._expert_step(a, b, v)
         if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b)) and np.all(np.isfinite(v))):
             return None
@@ -322,9 +345,33 @@ class TopKMoEEM(BaseEM):
         if self._ng and self._K > 1:
             gate = self._gating_step(beta0, beta1, a, b, v, l0)
         if gate is None:
-            l1 = self._loglik_arrays(beta0, beta1, a, b, v)
+            theta_new, l1 = self._trial_loglik(beta0, beta1, a, b, v)
         else:
-            beta0, beta1, l1 = gate
+            theta_new, l1 = gate
         if not np.isfinite(l1):
             return None
-        return StepOut(self._pack(beta0, beta1, a, b, v), l0, l1, gnorm)
+        return StepOut(theta_new, l0, l1, gnorm)
+
+
+class _Stats:
+    """Buffers of one fused pass (:func:`simstudy.model.kernels.em_pass`)."""
+
+    def __init__(self, k, d):
+        p = d + 1
+        ng = (k - 1) * p
+        self.XtX = np.zeros((k, p, p))
+        self.Xty = np.zeros((k, p))
+        self.sr = np.zeros(k)
+        self.syy = np.zeros(k)
+        self.g = np.zeros(ng)
+        self.H = np.zeros((ng, ng))
+        self.grad = np.zeros(kernels.n_free(k, d))
+        self.loglik = np.nan
+
+    def run(self, X, y, arrays, K, ref) -> float:
+        beta0, beta1, a, b, v = arrays
+        self.loglik = kernels.em_pass(
+            X, y, beta0, beta1, a, b, v, K, ref,
+            self.XtX, self.Xty, self.sr, self.syy, self.g, self.H, self.grad,
+        )  # fmt: skip
+        return self.loglik
