@@ -77,12 +77,12 @@ MONO_RUNS = {
 @pytest.mark.parametrize("name", sorted(MONO_RUNS))
 def test_loglik_never_decreases(name, acceleration):
     design, kw = MONO_RUNS[name]
-    X, y = draw(design, 1500, 5)
+    X, y = draw(design, 800, 5)
     est = TopKMoEEM(
         true_params=design.params,
         init_noise=0.3,
         tol=1e-9,
-        max_iter=150,
+        max_iter=60,
         acceleration=acceleration,
         random_state=0,
         **kw,
@@ -96,9 +96,9 @@ def test_loglik_never_decreases(name, acceleration):
 
 def test_loglik_never_decreases_sparse_d2_and_data_starts():
     truth = _random_sparse_truth()
-    X, y = sample(truth, 1500, UniformBox(2), np.random.default_rng(1))
+    X, y = sample(truth, 600, UniformBox(2), np.random.default_rng(1))
     for acceleration in (None, "squarem"):
-        est = TopKMoEEM(4, 2, init="data", n_init=2, max_iter=100, acceleration=acceleration,
+        est = TopKMoEEM(4, 2, init="data", n_init=2, max_iter=40, acceleration=acceleration,
                         random_state=4)  # fmt: skip
         res = fit_quiet(est, X, y)
         assert_monotone(res.loglik_trace)
@@ -125,6 +125,7 @@ def _observed_information_se(est, theta):
     return np.sqrt(np.diag(np.linalg.inv(info)))
 
 
+@pytest.mark.slow  # minutes without the JIT (n up to 20000, many iterations)
 @pytest.mark.parametrize("design,k,K", [(DES_T, 3, 2), (DES_S, 2, 2)], ids=["T_exact", "S_dense"])
 def test_parameter_recovery_within_asymptotic_standard_errors(design, k, K):
     """Exact fits at n = 20000 recover every free parameter within 4.5 standard errors.
@@ -153,6 +154,7 @@ def test_parameter_recovery_within_asymptotic_standard_errors(design, k, K):
 
 
 # -- acceleration ---------------------------------------------------------------------------------
+@pytest.mark.slow  # minutes without the JIT (n up to 20000, many iterations)
 def test_squarem_and_plain_em_reach_the_same_maximum_over_specified():
     X, y = draw(DES_T, 1000, 11)
     kw = dict(k=4, K=3, extra_atoms=[0], true_params=DES_T.params, init_noise=0.1,
@@ -162,10 +164,11 @@ def test_squarem_and_plain_em_reach_the_same_maximum_over_specified():
     assert_monotone(plain.loglik_trace)
     assert_monotone(fast.loglik_trace)
     assert fast.loglik == pytest.approx(plain.loglik, rel=1e-6)
-    assert fast.n_em_steps <= 2 * plain.n_em_steps
+    assert fast.n_em_steps < plain.n_em_steps
 
 
 # -- protocols, result, randomness ----------------------------------------------------------------
+@pytest.mark.slow  # minutes without the JIT (n up to 20000, many iterations)
 def test_papers_protocol_stops_early_and_result_serialises():
     X, y = draw(DES_T, 10000, 8)
     opts = protocol_options("papers", 10000)
@@ -224,6 +227,7 @@ def test_same_seed_same_fit():
     assert fits[0].params == fits[1].params
 
 
+@pytest.mark.slow  # minutes without the JIT (n up to 20000, many iterations)
 def test_data_start_finds_the_dense_maximum():
     X, y = draw(DES_S, 3000, 4)
     near = TopKMoEEM(2, 2, true_params=DES_S.params, tol=1e-10, random_state=0).fit(X, y)
