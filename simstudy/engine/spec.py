@@ -387,10 +387,8 @@ def parse_spec(raw: dict, path) -> StudySpec:
     path = Path(path)
     top = _Reader(path, "", raw)
     top.check_keys(_TOP)
-    for name in ("study", "design", "n_grid"):
-        if name not in raw:
-            raise SpecError(f"missing required section [{name}]", path, name)
-
+    if "study" not in raw:
+        raise SpecError("missing required section [study]", path, "study")
     study = _Reader(path, "study", raw["study"])
     study.check_keys(_SECTIONS["study"])
     name = study.get("name", str, required=True)
@@ -403,6 +401,9 @@ def parse_spec(raw: dict, path) -> StudySpec:
     replications = study.get("replications", int, required=True)
     if replications < 1:
         raise study.error("replications", f"must be >= 1, got {replications}")
+    for section in ("design", "n_grid"):
+        if section not in raw:
+            raise SpecError(f"missing required section [{section}]", path, section)
 
     design = _parse_design(_Reader(path, "design", raw["design"]))
     n_values = _parse_grid(_Reader(path, "n_grid", raw["n_grid"]))
