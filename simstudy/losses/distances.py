@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy.special import ndtr
 
+from simstudy.losses.quadrature_kernels import distances_kernel
 from simstudy.model.density import check_X, log_gating_weights
 from simstudy.model.params import MoEParams
 
@@ -45,7 +45,6 @@ __all__ = [
 DEFAULT_M = 256
 _HALF_RANGE = 10.0  # component means +- this many sd
 _LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
-_BISECT_STEPS = 12
 
 
 @lru_cache(maxsize=32)
@@ -72,36 +71,6 @@ def _components(params: MoEParams, X: np.ndarray):
     lw = np.take_along_axis(lw, idx, axis=1)
     mu = np.take_along_axis(X @ params.a.T + params.b, idx, axis=1)
     return lw, mu, np.sqrt(params.v)[idx]
-
-
-def _pdf_terms(lw, mu, sd):
-    """(log of the normalising factor, mean, 1/sd): what the pdf needs, per component."""
-    return lw - np.log(sd) - _LOG_SQRT_2PI, mu, 1.0 / sd
-
-
-def _mixture_pdf(y, coef, mu, inv_sd):
-    """sum_c exp(coef_c - z_c^2 / 2), z_c = (y - mu_c) inv_sd_c; y (...), the rest (..., C)."""
-    # a loop over the few components beats a reduction over a short last axis, and in-place
-    # operations on one buffer avoid allocating a temporary per step
-    shape = np.broadcast_shapes(y.shape, coef.shape[:-1])
-    out = np.zeros(shape)
-    z = np.empty(shape)
-    for c in range(coef.shape[-1]):
-        np.subtract(y, mu[..., c], out=z)
-        z *= inv_sd[..., c]
-        np.square(z, out=z)
-        z *= -0.5
-        z += coef[..., c]
-        np.exp(z, out=z)
-        out += z
-    return out
-
-
-def _mixture_cdf(y, lw, mu, sd):
-    out = np.zeros(np.broadcast_shapes(y.shape, lw.shape[:-1]))
-    for c in range(lw.shape[-1]):
-        out += np.exp(lw[..., c]) * ndtr((y - mu[..., c]) / sd[..., c])
-    return out
 
 
 def _panels(mu, sd, panel_sd):
@@ -174,60 +143,17 @@ def density_distances_at(
         np.concatenate([comp_p[2], comp_q[2]], axis=1),
         panel_sd,
     )
-    terms_p = _pdf_terms(*comp_p)
-    terms_q = _pdf_terms(*comp_q)
-
     t, gw = _gauss_legendre(int(nodes))
-    y = left[:, None] + width[:, None] * t  # (P, q)
-    p = _mixture_pdf(y, *(u[xi][:, None, :] for u in terms_p))
-    q = _mixture_pdf(y, *(u[xi][:, None, :] for u in terms_q))
-
-    h2_panel = width * (((np.sqrt(p) - np.sqrt(q)) ** 2) @ gw)
-    h2 = 0.5 * np.bincount(xi, weights=h2_panel, minlength=m)
-    h = np.sqrt(np.clip(h2, 0.0, 1.0))
-    tv = _total_variation(
-        y.ravel(), (p - q).ravel(), np.repeat(xi, t.size), m, comp_p, comp_q, terms_p, terms_q
-    )
-    return h, tv
-
-
-def _total_variation(y, diff, xi, m, comp_p, comp_q, terms_p, terms_q):
-    """TV(x) from the crossings of p - q (bracketed on the nodes) and the mixture CDFs."""
-    # zeros (both densities underflowed, far from every mean) carry no sign: skip them, so a
-    # crossing through an underflow gap between separated components is still bracketed
-    nz = np.flatnonzero(diff != 0.0)
-    y, diff, xi = y[nz], diff[nz], xi[nz]
-    cross = np.flatnonzero((np.sign(diff[:-1]) != np.sign(diff[1:])) & (xi[:-1] == xi[1:]))
-    a, b = y[cross], y[cross + 1]
-    fa, fb = diff[cross], diff[cross + 1]
-    rx = xi[cross]
-    tp = [u[rx] for u in terms_p]
-    tq = [u[rx] for u in terms_q]
-    for _ in range(_BISECT_STEPS):
-        c = 0.5 * (a + b)
-        fc = _mixture_pdf(c, *tp) - _mixture_pdf(c, *tq)
-        same = np.sign(fc) == np.sign(fa)
-        a = np.where(same, c, a)
-        fa = np.where(same, fc, fa)
-        b = np.where(same, b, c)
-        fb = np.where(same, fb, fc)
-    # final secant step inside the bracket; D is stationary at a root (D' = p - q = 0), so the
-    # remaining error in TV is second order in the root error
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(fa != fb, a - fa * (b - a) / (fb - fa), 0.5 * (a + b))
-    r = np.clip(r, a, b)
-    D = _mixture_cdf(r, *(u[rx] for u in comp_p)) - _mixture_cdf(r, *(u[rx] for u in comp_q))
-    # segments: (-inf, r_1], [r_1, r_2], ..., [r_R, inf) per x, with D(-inf) = D(inf) = 0
-    counts = np.bincount(rx, minlength=m)
-    first = np.ones(r.size, dtype=bool)
-    first[1:] = rx[1:] != rx[:-1]
-    prev = np.where(first, 0.0, np.concatenate([[0.0], D[:-1]]))
-    inner = np.bincount(rx, weights=np.abs(D - prev), minlength=m)
-    last = np.zeros(m)
-    if r.size:
-        ends = np.cumsum(counts)[counts > 0] - 1
-        last[rx[ends]] = np.abs(D[ends])
-    return np.clip(0.5 * (inner + last), 0.0, 1.0)
+    h2, tv = np.zeros(m), np.zeros(m)
+    (lw_p, mu_p, sd_p), (lw_q, mu_q, sd_q) = comp_p, comp_q
+    distances_kernel(
+        xi, left, width, t, gw,
+        lw_p - np.log(sd_p) - _LOG_SQRT_2PI, mu_p, 1.0 / sd_p, np.exp(lw_p),
+        lw_q - np.log(sd_q) - _LOG_SQRT_2PI, mu_q, 1.0 / sd_q, np.exp(lw_q),
+        h2, tv,
+    )  # fmt: skip
+    h = np.sqrt(np.clip(0.5 * h2, 0.0, 1.0))
+    return h, np.clip(0.5 * tv, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
