@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 from scipy.integrate import quad
 from scipy.optimize import brentq
 
@@ -163,3 +164,55 @@ def naive_expected(fitted, truth, X):
         hs.append(math.sqrt(max(h2, 0.0)))
         tvs.append(tv)
     return sum(hs) / len(hs), sum(tvs) / len(tvs)
+
+
+# -- random test inputs ----------------------------------------------------------------------
+
+
+def random_truth(rng, k, d, K, ref=None):
+    """Random true parameters with well-separated atoms; reference gating at (0, 0)."""
+    from simstudy.model import MoEParams
+
+    ref = int(rng.integers(k)) if ref is None else ref
+    beta0 = rng.normal(0.0, 0.7, k)
+    beta1 = rng.normal(0.0, 3.0, (k, d))
+    beta0[ref] = 0.0
+    beta1[ref] = 0.0
+    return MoEParams(
+        beta0=beta0,
+        beta1=beta1,
+        a=rng.normal(0.0, 2.0, (k, d)),
+        b=rng.normal(0.0, 3.0, k),
+        v=rng.uniform(0.1, 0.6, k),
+        K=K,
+        ref=ref,
+    )
+
+
+def random_fit(rng, truth, owners, scale=0.1, ref_atom=None):
+    """A fit whose atom i is a noisy copy of true atom owners[i] (mass split among copies).
+
+    The fitted reference is ``ref_atom`` (default: the first atom owned by the true reference),
+    with gating (0, 0).
+    """
+    from simstudy.model import MoEParams
+
+    owners = list(owners)
+    k = len(owners)
+    copies = [owners.count(j) for j in owners]
+    beta0 = np.array([truth.beta0[j] - np.log(c) for j, c in zip(owners, copies, strict=True)])
+    beta0 = beta0 + rng.normal(0.0, scale, k)
+    beta1 = truth.beta1[owners] + rng.normal(0.0, scale, (k, truth.d))
+    if ref_atom is None:
+        ref_atom = owners.index(truth.ref) if truth.ref in owners else 0
+    beta0[ref_atom] = 0.0
+    beta1[ref_atom] = 0.0
+    return MoEParams(
+        beta0=beta0,
+        beta1=beta1,
+        a=truth.a[owners] + rng.normal(0.0, scale, (k, truth.d)),
+        b=truth.b[owners] + rng.normal(0.0, scale, k),
+        v=truth.v[owners] * np.exp(rng.normal(0.0, scale, k)),
+        K=min(truth.K + k - truth.k, k),
+        ref=ref_atom,
+    )
