@@ -158,5 +158,8 @@ def test_distances_validate_arguments():
         density_distances_at(t, t, np.zeros((2, 2)))
     with pytest.raises(ValueError, match=r"^inputs: input law has d=2, the truth has d=1"):
         expected_density_distances(t, t, S2)
+    two_d = MoEParams(beta0=[0.0], beta1=[[0.0, 0.0]], a=[[1.0, 1.0]], b=[0.0], v=[1.0], K=1)
+    with pytest.raises(ValueError, match=r"^fitted: input dimension d=2 differs from the truth's"):
+        density_distances_at(two_d, t, X)
     with pytest.raises(ValueError, match=r"^fitted/truth: expected MoEParams"):
         density_distances_at(t.to_dict(), t, X)

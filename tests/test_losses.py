@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from simstudy.losses import (
+    cell_sizes,
     compute_metrics,
     metric_keys,
     rbar,
@@ -105,6 +106,10 @@ def test_cells_ties_go_to_the_lowest_true_index():
     assert voronoi_cells([[1.0, 0.0]], [[0.0, 0.0], [2.0, 0.0]]).tolist() == [0]
     assert voronoi_cells([[1.0, 0.0]], [[2.0, 0.0], [0.0, 0.0]]).tolist() == [0]
     assert voronoi_cells([[1.9, 0.0], [0.2, 0.0]], [[0.0, 0.0], [2.0, 0.0]]).tolist() == [1, 0]
+
+
+def test_cell_sizes_count_atoms_per_true_expert():
+    assert cell_sizes([0, 2, 0, 0], 4).tolist() == [3, 0, 1, 0]
 
 
 def test_cells_validate_shapes():

@@ -43,8 +43,7 @@ def _crossing(a, b, fa, fb, i, coef_p, mu_p, isd_p, coef_q, mu_q, isd_q):
             a, fa = c, fc
         else:
             b, fb = c, fc
-    if fa == fb:
-        return 0.5 * (a + b)
+    # fa != 0 always and fb is 0 or of the other sign, so fb - fa != 0
     r = a - fa * (b - a) / (fb - fa)
     return min(max(r, a), b)
 
