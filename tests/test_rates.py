@@ -74,6 +74,12 @@ def test_verdict_on_hand_built_rows():
     assert verdict("bound", -0.125, -0.09, -0.03, -0.06) == "consistent"
     assert verdict("bound", -0.125, -0.05, 0.01, -0.02) == "inconsistent"
     assert verdict("bound", -0.125, -0.05, 0.01, -0.02, tol=0.2) == "consistent"
+    # the "upper" rule demands evidence; "overlap" only rules out a significantly slower slope
+    assert verdict("bound", -0.125, -0.24, -0.01, -0.125) == "inconsistent"
+    assert verdict("bound", -0.125, -0.24, -0.01, -0.125, bound_rule="overlap") == "consistent"
+    assert verdict("bound", -0.125, 0.0, 0.1, 0.05, bound_rule="overlap") == "inconsistent"
+    with pytest.raises(ValueError, match="bound_rule: unknown rule"):
+        verdict("bound", -0.125, -0.2, -0.05, -0.125, bound_rule="loose")
     assert verdict("none", np.nan, -0.1, 0.1, 0.0123) == "no guarantee (slope +0.01)"
     assert verdict("fixed", np.nan, np.nan, np.nan, np.nan) == "fixed (always 0)"
     assert verdict("rate", -0.5, np.nan, np.nan, np.nan) == "no data"

@@ -24,6 +24,7 @@ from simstudy.reports.theory import BOUND, FIXED, NONE, RATE
 __all__ = [
     "INCLUDED_STATUSES",
     "DEFAULT_TOL",
+    "BOUND_RULES",
     "METRIC_PATTERN",
     "RateFit",
     "fit_rate",
@@ -167,17 +168,28 @@ def sensitivity(n, values, min_levels: int = 3) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dropped", "n_min", "slope", "se"])
 
 
+#: how a slow-rate bound is judged: "upper" (as the task states: the whole CI must be at least
+#: as fast as the bound, CI upper end <= bound + tol) or "overlap" (not significantly slower:
+#: CI lower end <= bound + tol)
+BOUND_RULES = ("upper", "overlap")
+
+
 def verdict(kind: str, expected: float, ci_low: float, ci_high: float, slope: float,
-            tol: float = DEFAULT_TOL) -> str:
+            tol: float = DEFAULT_TOL, bound_rule: str = "upper") -> str:
     """Verdict of a rate against the theory.
 
     * ``kind == "rate"``: "consistent" when the 95% CI overlaps [expected - tol, expected + tol]
       (the theory holds up to log factors, which bend a finite-range slope by a few hundredths);
     * ``kind == "bound"`` (slow rates of multi-atom cells, n^-1/8 etc. *or faster*): "consistent"
-      when the slope is at least as fast as the bound: CI upper end <= expected + tol;
+      when the slope is at least as fast as the bound: CI upper end <= expected + tol
+      (``bound_rule="upper"``, the default). This demands evidence: a slope exactly at the
+      bound with a wide CI is "inconsistent". ``bound_rule="overlap"`` only asks that the slope
+      is not significantly slower: CI lower end <= expected + tol;
     * ``kind == "none"``: "no guarantee (slope s)";  ``kind == "fixed"``: "fixed (always 0)";
     * no usable slope: "no data".
     """
+    if bound_rule not in BOUND_RULES:
+        raise ValueError(f"bound_rule: unknown rule {bound_rule!r}; allowed {list(BOUND_RULES)}")
     if tol < 0 or not np.isfinite(tol):
         raise ValueError(f"tol: the tolerance must be finite and >= 0, got {tol}")
     if kind == FIXED:
@@ -193,7 +205,7 @@ def verdict(kind: str, expected: float, ci_low: float, ci_high: float, slope: fl
     if kind == RATE:
         ok = ci_low <= expected + tol and ci_high >= expected - tol
     else:
-        ok = ci_high <= expected + tol
+        ok = (ci_high if bound_rule == "upper" else ci_low) <= expected + tol
     return "consistent" if ok else "inconsistent"
 
 
@@ -203,7 +215,8 @@ def _excluded_text(counts: dict) -> str:
 
 def rate_table(df: pd.DataFrame, theory: pd.DataFrame | None = None, *,
                statuses=INCLUDED_STATUSES, tol: float = DEFAULT_TOL,
-               min_levels: int = 3, headline_protocol: str = "strict") -> pd.DataFrame:
+               min_levels: int = 3, headline_protocol: str = "strict",
+               bound_rule: str = "upper") -> pd.DataFrame:
     """One rate row per (study, label, protocol, metric).
 
     Parameters
@@ -218,6 +231,8 @@ def rate_table(df: pd.DataFrame, theory: pd.DataFrame | None = None, *,
         Statuses whose fits enter the regression (default ok and not_converged).
     tol : float
         Verdict tolerance on the exponent.
+    bound_rule : {"upper", "overlap"}
+        How slow-rate bounds are judged (see :func:`verdict`).
     min_levels : int
         Fewest distinct n kept in the sensitivity refits.
     headline_protocol : str
@@ -295,7 +310,7 @@ def rate_table(df: pd.DataFrame, theory: pd.DataFrame | None = None, *,
                 row.update(sens_min=sens["slope"].min(), sens_max=sens["slope"].max(),
                            sens_drops=int(sens["dropped"].max()))
         row["verdict"] = verdict(kind, expected, row["ci_low"], row["ci_high"], row["slope"],
-                                 tol)
+                                 tol, bound_rule)
         have = protos.get(study, set())
         row["headline"] = protocol == headline_protocol or headline_protocol not in have
         row["reason"] = reason
