@@ -143,3 +143,19 @@ def test_main_exit_codes(tmp_path, fake_engine, capsys):
     assert check.main([str(tmp_path / "missing.toml")]) == 2
     assert "spec: no such file" in capsys.readouterr().err
     assert check.main([*args, "--tolerance", "-1"]) == 2
+
+
+def test_imprecise_rate_fails_and_missing_metric_column_is_no_data():
+    df, _ = table()
+    # 2 replications only and huge noise: the CI overlaps anything
+    noisy = synth_table(CFGS, slopes=None, seed=2, reps=2, sigma=3.0,
+                        n_values=(1000, 3000, 10000, 30000), study="ci")
+    fails = check_failures(rate_table(noisy, theory_table(CFGS)), None)
+    assert any(f.startswith("precision: ci/topk_exact/strict/") for f in fails)
+    rates = rate_table(df.drop(columns="tv"), theory_table(CFGS))
+    row = rates[(rates.label == "topk_exact") & (rates.metric == "tv")]
+    assert row.verdict.item() == "no data" and "metric column missing" in row.excluded.item()
+    fails = check_failures(rates, None)
+    assert any("topk_exact/strict/tv: no usable slope" in f for f in fails)
+    with pytest.raises(ValueError, match="max_halfwidth"):
+        check_failures(rates, None, max_halfwidth=0)

@@ -91,12 +91,16 @@ def test_protocol_comparison_gap_is_matched_by_replication():
     # strict gains exactly 2.5 log-likelihood on every data set
     df.loc[df.protocol == "strict", "loglik"] = (
         df.loc[df.protocol == "papers", "loglik"].to_numpy() + 2.5)
+    # the engine stores n_iter as a nullable integer; an error row has none
+    df["n_iter"] = df["n_iter"].astype("Int64")
+    df.loc[df.index[0], "n_iter"] = pd.NA
     comp = protocol_comparison(df, pd.DataFrame(
         {"label": ["kbar3"], "protocol": ["strict"], "metric": ["tv"], "slope": [-0.5],
          "ci_low": [-0.6], "ci_high": [-0.4]}))
     assert np.allclose(comp["per_n"]["median_loglik_gap_strict_minus_papers"], 2.5)
     assert (comp["per_n"]["pairs"] == 5).all()
     assert np.isnan(comp["slopes"]["slope_papers"]).all()
+    assert np.isfinite(comp["per_n"]["median_iter_papers"]).all()
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from simstudy.reports.theory import BOUND, RATE
 
 __all__ = [
     "DEFAULT_DRIFT_TOL",
+    "DEFAULT_MAX_HALFWIDTH",
     "make_reference",
     "read_reference",
     "write_reference",
@@ -76,18 +77,28 @@ def read_reference(path) -> dict:
     return data
 
 
+#: widest 95% CI half-width accepted for a headline exact rate: a CI wider than this
+#: "overlaps" any plausible exponent, so a pass would be vacuous
+DEFAULT_MAX_HALFWIDTH = 0.25
+
+
 def check_failures(rates: pd.DataFrame, reference: dict | None,
-                   tolerance: float = DEFAULT_DRIFT_TOL) -> list[str]:
+                   tolerance: float = DEFAULT_DRIFT_TOL,
+                   max_halfwidth: float = DEFAULT_MAX_HALFWIDTH) -> list[str]:
     """All reasons to fail, as readable lines (empty list: pass).
 
     (a) a headline row (strict protocol where the study has it) of a metric with a guarantee
         (kind "rate" or "bound") whose verdict is "inconsistent", or which has no usable slope
         ("no data": every fit excluded is a failure too, never a silent pass);
+        or whose 95% CI is wider than +- ``max_halfwidth`` (kind "rate": the overlap rule
+        would pass it whatever the truth; grow the study instead);
     (b) with a reference: a reference slope whose row is gone or has no slope, or that moved by
         more than ``tolerance``. Rows not in the reference do not fail (they are new).
     """
     if not (np.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"tolerance: must be finite and >= 0, got {tolerance}")
+    if not max_halfwidth > 0:
+        raise ValueError(f"max_halfwidth: must be > 0, got {max_halfwidth}")
     fails = []
     for r in rates.itertuples(index=False):
         if not r.headline or r.kind not in (RATE, BOUND):
@@ -97,6 +108,9 @@ def check_failures(rates: pd.DataFrame, reference: dict | None,
             theory = f"{r.expected:+.3f}" if r.kind == RATE else f"<= {r.expected:+.3f}"
             fails.append(f"theory: {name}: slope {r.slope:+.3f} 95% CI [{r.ci_low:+.3f}, "
                          f"{r.ci_high:+.3f}] vs theory {theory}")
+        elif r.kind == RATE and (r.ci_high - r.ci_low) / 2 > max_halfwidth:
+            fails.append(f"precision: {name}: 95% CI [{r.ci_low:+.3f}, {r.ci_high:+.3f}] is "
+                         f"wider than +-{max_halfwidth}: the check would be vacuous")
         elif r.verdict == "no data":
             fails.append(f"theory: {name}: no usable slope ({r.n_used} fits used; "
                          f"excluded {r.excluded or 'none'})")
@@ -147,6 +161,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="allowed move of a slope from the reference (default: %(default)s)")
     p.add_argument("--theory-tolerance", type=float, default=DEFAULT_TOL,
                    help="tolerance on the exponent in the verdicts (default: %(default)s)")
+    p.add_argument("--max-ci-halfwidth", type=float, default=DEFAULT_MAX_HALFWIDTH,
+                   help="widest accepted 95%% CI half-width of a headline exact rate "
+                        "(default: %(default)s)")
     p.add_argument("--bound-rule", choices=BOUND_RULES, default="upper",
                    help="slow-rate bounds: 'upper' (CI upper end <= bound + tol) or 'overlap' "
                         "(CI lower end <= bound + tol) (default: %(default)s)")
@@ -167,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"spec: no such file {spec}")
         if not (np.isfinite(args.tolerance) and args.tolerance >= 0):
             raise ValueError(f"--tolerance: must be finite and >= 0, got {args.tolerance}")
+        if not args.max_ci_halfwidth > 0:
+            raise ValueError(f"--max-ci-halfwidth: must be > 0, got {args.max_ci_halfwidth}")
         configs = configs_from_spec(spec)
         from simstudy.engine import load_results, run_study
 
@@ -185,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with pd.option_context("display.width", 200, "display.max_rows", None):
         print(check_table(rates, reference).to_string(index=False))
-    fails = check_failures(rates, reference, args.tolerance)
+    fails = check_failures(rates, reference, args.tolerance, args.max_ci_halfwidth)
     if reference is None:
         fails.append(f"reference: no reference file {ref_path}; create it explicitly with "
                      "--update-reference")

@@ -319,6 +319,23 @@ def rate_table(df: pd.DataFrame, theory: pd.DataFrame | None = None, *,
             "excluded", "n_levels", "n_min", "n_max", "slope", "se", "ci_low", "ci_high",
             "slope_median", "se_median", "ci_low_median", "ci_high_median", "slope_ok_only",
             "sens_min", "sens_max", "sens_drops", "verdict", "headline", "reason"]
+    # theory rows of a fitted label whose metric column is absent altogether: "no data", never
+    # a silent omission (a guaranteed metric that is not measured must show up)
+    seen = {(r["study"], r["label"], r["protocol"], r["metric"]) for r in rows}
+    present = set(long["metric"].unique())
+    for (study, label, protocol), g in df.groupby(_GROUP, sort=False):
+        for (tl, metric), (kind, expected, reason) in th.items():
+            if tl != label or metric in present or (study, label, protocol, metric) in seen:
+                continue
+            row = dict.fromkeys(cols, np.nan)
+            row.update(study=study, label=label, protocol=protocol, metric=metric, kind=kind,
+                       expected=expected, n_fits=len(g), n_used=0,
+                       excluded=f"metric column missing: {len(g)}", sens_drops=0,
+                       reason=reason)
+            row["verdict"] = verdict(kind, expected, np.nan, np.nan, np.nan, tol, bound_rule)
+            have = protos.get(study, set())
+            row["headline"] = protocol == headline_protocol or headline_protocol not in have
+            rows.append(row)
     out = pd.DataFrame(rows, columns=cols)
     if len(out):
         # fixed order: studies and labels as they appear, metrics as the theory lists them

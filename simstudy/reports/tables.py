@@ -100,7 +100,10 @@ def protocol_comparison(df: pd.DataFrame, rates: pd.DataFrame,
                      f"slope_{p1}", f"ci_low_{p1}", f"ci_high_{p1}"]]
     slopes[f"slope_{p1}_minus_{p0}"] = slopes[f"slope_{p1}"] - slopes[f"slope_{p0}"]
 
-    d = df[df["protocol"].isin(protocols)]
+    d = df[df["protocol"].isin(protocols)].copy()
+    # n_iter may be a nullable integer column; medians need plain floats
+    for c in ("loglik", "n_iter"):
+        d[c] = pd.to_numeric(d[c], errors="coerce").astype(float)
     wide = d.pivot_table(index=["label", "n", "rep"], columns="protocol",
                          values=["loglik", "n_iter"], aggfunc="first")
     per_n = []
