@@ -8,6 +8,7 @@ for what may change between runs).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import shutil
 import sys
@@ -84,12 +85,30 @@ def resolve_task_fn(name: str) -> Callable:
     return fn
 
 
-def execute(task_fn: Callable, task) -> tuple[str, int, int, dict]:
-    """Worker side: run one task single-threaded; any exception becomes an error result."""
-    from threadpoolctl import threadpool_limits
+_LIMITED_FOR_GOOD = False
 
+
+def execute(task_fn: Callable, task, limit: str = "each") -> tuple[str, int, int, dict]:
+    """Run one task single-threaded; any exception becomes an error result.
+
+    ``limit`` says how BLAS/OpenMP pools are held to one thread: ``"each"`` around this task
+    (threadpoolctl costs a few ms per call), ``"process"`` once for the rest of this process
+    (loky workers, which are ours alone), ``"none"`` when the caller already did it.
+    """
+    global _LIMITED_FOR_GOOD
     t0 = time.perf_counter()
-    with threadpool_limits(limits=1):
+    if limit == "process" and not _LIMITED_FOR_GOOD:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1)
+        _LIMITED_FOR_GOOD = True
+    if limit == "each":
+        from threadpoolctl import threadpool_limits
+
+        ctx = threadpool_limits(limits=1)
+    else:
+        ctx = contextlib.nullcontext()
+    with ctx:
         try:
             result = task_fn(task)
         except Exception as exc:  # the run goes on; the failure is a stored outcome
@@ -176,7 +195,8 @@ def run_study(spec_or_path, jobs: int | None = None, backend: str = "loky", sche
         summary = RunSummary(study=spec.name, store=store.path, total=len(tasks),
                              skipped=len(tasks) - len(pending))
         if pending:
-            if default_task:
+            if default_task and not (jobs == 1 and backend == "loky"):
+                # compile once here; workers then load the kernels from the numba cache
                 warmup(pending[0])
             try:
                 _dispatch(pending, task_fn, jobs, backend, scheduler, progress, store, spec,
@@ -209,17 +229,22 @@ def _dispatch(pending, task_fn, jobs, backend, scheduler, progress, store, spec,
 
     try:
         if jobs == 1 and backend == "loky":
-            for task in pending:
-                record(execute(task_fn, task))
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=1):
+                for task in pending:
+                    record(execute(task_fn, task, limit="none"))
             return
-        calls = (delayed(execute)(task_fn, t) for t in pending)
         if backend == "loky":
+            calls = (delayed(execute)(task_fn, t, "process") for t in pending)
             # inner_max_num_threads=1: numba/BLAS/OpenMP env vars set to 1 in every worker
             with parallel_config(backend="loky", n_jobs=-1 if jobs is None else jobs,
                                  inner_max_num_threads=1):
                 for item in Parallel(return_as="generator_unordered")(calls):
                     record(item)
         else:
+            # dask workers may be threads of someone else's process: limit per task
+            calls = (delayed(execute)(task_fn, t, "each") for t in pending)
             client, owned = _dask_client(scheduler)
             try:
                 with parallel_config(backend="dask", n_jobs=-1 if jobs is None else jobs,

@@ -1,0 +1,1 @@
+"""Benchmarks of simstudy (``python -m benchmarks [--quick]`` runs them all)."""
