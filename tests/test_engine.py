@@ -244,3 +244,25 @@ def test_invalid_run_options(tmp_path):
         run(SMALL, tmp_path, jobs=0)
     with pytest.raises(ValueError, match="scheduler: the dask backend needs"):
         run(SMALL, tmp_path, backend="dask")
+
+
+def test_two_runs_never_share_a_store(tmp_path):
+    from simstudy.engine.runner import _lock_store
+
+    held = _lock_store(store_path("engine_small", tmp_path))
+    try:
+        with pytest.raises(ValueError, match="store: another run is writing to"):
+            run(SMALL, tmp_path, jobs=1)
+    finally:
+        held.close()
+    assert run(SMALL, tmp_path, jobs=1).run == 18  # released: the run goes ahead
+
+
+def test_renamed_label_keeps_results(tmp_path):
+    spec_file = tmp_path / "engine_small.toml"
+    spec_file.write_text(SMALL.read_text())
+    run(spec_file, tmp_path, jobs=1)
+    spec_file.write_text(SMALL.read_text().replace('label = "over"', 'label = "overfit"'))
+    assert run(spec_file, tmp_path, jobs=1).run == 0
+    df = load_results(spec_file, store_dir=tmp_path)
+    assert set(df["label"]) == {"exact", "overfit"} and len(df) == 18

@@ -184,6 +184,33 @@ def run_study(spec_or_path, jobs: int | None = None, backend: str = "loky", sche
     default_task = task_fn is None
     task_fn = run_task if default_task else task_fn
     t0 = time.perf_counter()
+    lock = _lock_store(store_path(spec.name, store_dir))
+    try:
+        return _run_locked(spec, jobs, backend, scheduler, progress, force_new, retry_errors,
+                           store_dir, task_fn, default_task, t0)
+    finally:
+        lock.close()  # closing the file releases the lock (so does the death of the process)
+
+
+def _lock_store(path: Path):
+    """Hold an exclusive advisory lock next to the store, so two runs never share it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path.with_name(path.name + ".lock"), "w")  # held until the run ends
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        return handle
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ValueError(f"store: another run is writing to {path}; wait for it to finish or "
+                         "stop it (its finished tasks are kept)") from None
+    return handle
+
+
+def _run_locked(spec, jobs, backend, scheduler, progress, force_new, retry_errors, store_dir,
+                task_fn, default_task, t0) -> RunSummary:
     store = _open_store(spec, store_dir, force_new)
     try:
         store.register(spec)
