@@ -5,10 +5,49 @@ replications and one or more fitted configurations (``[[fit]]``), each run under
 protocols. Everything is validated before anything runs; every problem raises :class:`SpecError`
 naming the file, the key path and what is allowed.
 
+Format (every key not listed is an error)::
+
+    [study]
+    name = "topk_over"        # required; must equal the file stem
+    description = "..."       # optional
+    root_seed = 2024          # required, integer >= 0
+    replications = 40         # required, integer >= 1
+    metrics = ["D2", "hellinger", "err_a_1"]   # optional: metrics the reports focus on
+                              # (D1, D2, hellinger, tv, err_beta1, err_a, err_b, err_v, mass,
+                              # cell_size, the per-expert ones optionally suffixed _j)
+    [design]
+    name = "T"                # a named design: "T" or "S" ...
+    K = 2                     # ... with an optional true-K override (design T only)
+    # or an inline design: name (a free label, default "inline") plus
+    # [design.params] beta0, beta1, a, b, v (variances), K, ref (0-based, default 0)
+    # [design.inputs] law = "uniform", d, low, high
+    [n_grid]
+    min = 1000                # log-spaced integers (rounded; must be distinct) ...
+    max = 100000
+    num = 20
+    # values = [1000, 3000]   # ... or an explicit list (distinct, >= 1)
+    [em]                      # optional overrides of the protocols' settings, for every fit
+    tol = 1e-8                # > 0
+    grad_tol = 1e-6           # > 0
+    max_iter = 5000           # >= 1
+    acceleration = "squarem"  # or "none"
+    var_floor = 1e-6          # > 0
+    [[fit]]                   # one or more
+    label = "over"            # required, unique
+    k = 4                     # required: fitted experts, k = k* + len(extra_atoms)
+    K = 3                     # required: fitted K, 1 <= K <= k
+    extra_atoms = [1]         # true experts (numbered from 1 as in the spec) that get one extra
+                              # atom each; never the reference expert
+    init = "near_truth"       # or "data"
+    init_noise = 0.1          # optional (>= 0): overrides the protocol's noise scale
+    n_init = 5                # optional (>= 1): overrides the protocol's number of starts
+    protocols = ["papers", "strict"]   # required, at least one
+
 A *condition* is one (design, n, fit, protocol) combination. Its id is a short sha256 of the
 canonical JSON of its content (design parameters and input law, n, fit settings without the
 label, protocol, ``[em]`` overrides, root seed): renaming a label or reordering the file leaves
-it unchanged, while any change that alters what is computed changes it.
+it unchanged, while any change that alters what is computed changes it. ``spec_hash`` hashes the
+whole spec (labels and description included).
 """
 
 from __future__ import annotations
