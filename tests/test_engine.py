@@ -266,3 +266,16 @@ def test_renamed_label_keeps_results(tmp_path):
     assert run(spec_file, tmp_path, jobs=1).run == 0
     df = load_results(spec_file, store_dir=tmp_path)
     assert set(df["label"]) == {"exact", "overfit"} and len(df) == 18
+
+
+def test_load_results_follows_the_spec(tmp_path):
+    spec_file = tmp_path / "engine_small.toml"
+    spec_file.write_text(SMALL.read_text())
+    run(spec_file, tmp_path, jobs=1)
+    # a narrower spec (one fit dropped, fewer replications) sees only its own tasks
+    text = SMALL.read_text().replace("replications = 3", "replications = 2")
+    spec_file.write_text(text[: text.index('[[fit]]\nlabel = "over"')])
+    df = load_results(spec_file, store_dir=tmp_path)
+    assert len(df) == 4 * 2 and set(df["label"]) == {"exact"} and df["rep"].max() == 1
+    keys = ["label", "protocol", "n", "rep"]
+    assert df[keys].equals(df[keys].sort_values(keys, ignore_index=True))

@@ -31,7 +31,11 @@ def metric_order(keys) -> list[str]:
 
 
 def load_results(spec_or_path, store_dir=None) -> pd.DataFrame:
-    """Tidy DataFrame of a study's stored tasks, one row per task.
+    """Tidy DataFrame of the stored tasks of a study, one row per task.
+
+    Only tasks of the spec as it is now are returned (conditions it describes, replications
+    below its count); labels come from the spec. ``spec_hash`` is the hash of the spec that
+    computed the row (rows of a grown study may differ there).
 
     Columns: ``TIDY_COLUMNS`` then every metric key of ``compute_metrics`` as its own column
     (``loss_note`` as a string). Rows are sorted by label, protocol, n, rep. A study without a
@@ -43,16 +47,22 @@ def load_results(spec_or_path, store_dir=None) -> pd.DataFrame:
         return pd.DataFrame(columns=list(TIDY_COLUMNS))
     with ResultStore(path, readonly=True) as store:
         rows = store.task_rows()
+    conditions = {c.condition_id: c for c in spec.conditions()}
+    rows = [r for r in rows
+            if r["condition_id"] in conditions and r["rep"] < spec.replications]
     metric_keys = metric_order({k for r in rows for k in r["metrics"]})
     records = []
     for r in rows:
+        cond = conditions[r["condition_id"]]
         rec = {c: r.get(c) for c in TIDY_COLUMNS}
-        rec["study"] = spec.name
-        rec["design"] = r["design"]
+        rec.update(study=spec.name, label=cond.label, protocol=cond.protocol,
+                   design=cond.design_name, true_K=cond.true_K, k=cond.k, K=cond.K,
+                   init=cond.init)
         for key in metric_keys:
             rec[key] = r["metrics"].get(key, "" if key == "loss_note" else float("nan"))
         records.append(rec)
     df = pd.DataFrame.from_records(records, columns=list(TIDY_COLUMNS) + metric_keys)
+    df = df.sort_values(["label", "protocol", "n", "rep"], kind="stable", ignore_index=True)
     for c in ("flag_var_floor", "flag_empty_expert", "flag_non_finite"):
         df[c] = df[c].astype(bool)
     for c in ("loglik", "grad_norm", "seconds"):
