@@ -18,14 +18,14 @@ from simstudy.model import get_design
 from tests.naive_losses import naive_expected, naive_h2_tv_at, naive_losses, random_fit
 
 
-def per_call(fn, repeat):
+def per_call(fn, repeat, clock=time.perf_counter):
     """Median seconds per call over ``repeat`` calls (after one warm-up call)."""
     fn()
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return float(np.median(times))
 
 
@@ -58,18 +58,28 @@ def timing(m_naive=16):
         D = get_design(name)
         fitted = random_fit(np.random.default_rng(1), D.params, owners, scale=0.05)
         t_all = per_call(lambda: compute_metrics(fitted, D.params, D.inputs), 30)  # noqa: B023
+        # CPU time of this process: less inflated than wall time on a shared, loaded machine
+        t_cpu = per_call(
+            lambda: compute_metrics(fitted, D.params, D.inputs),  # noqa: B023
+            30,
+            time.process_time,
+        )
         t_vor = per_call(lambda: voronoi_losses(fitted, D.params), 200)  # noqa: B023
         t_vor_naive = per_call(lambda: naive_losses(fitted, D.params), 200)  # noqa: B023
         X = input_sample(D.inputs, m_naive)
         t_dist = per_call(lambda: density_distances_at(fitted, D.params, X), 30)  # noqa: B023
         t_naive = per_call(lambda: naive_expected(fitted, D.params, X), 1)  # noqa: B023
         print(
-            f"  {name} k={len(owners)}: compute_metrics (m=256) {1e3 * t_all:.2f} ms; "
+            f"  {name} k={len(owners)}: compute_metrics (m=256) {1e3 * t_all:.2f} ms wall, "
+            f"{1e3 * t_cpu:.2f} ms CPU; "
             f"Voronoi part {1e6 * t_vor:.0f} us (naive / library {t_vor_naive / t_vor:.1f}); "
             f"distances at m={m_naive}: naive quad / library {t_naive / t_dist:.0f}"
         )
 
 
 if __name__ == "__main__":
+    import os
+
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     accuracy()
     timing()
