@@ -165,6 +165,17 @@ def test_input_sample_is_cached_and_read_only():
         input_sample(law, 0)
 
 
+def test_input_sample_of_an_unhashable_law_is_drawn_uncached():
+    class DictLaw(dict):  # dict subclasses are unhashable
+        d = 1
+
+        def quasi_random(self, m, seed=0):
+            return UniformBox(1, 0.0, 2.0).quasi_random(m, seed)
+
+    X = input_sample(DictLaw(), 16)
+    np.testing.assert_array_equal(X, input_sample(UniformBox(1, 0.0, 2.0), 16))
+
+
 def test_distances_validate_arguments():
     T, S2 = get_design("T"), UniformBox(2)
     t = T.params
