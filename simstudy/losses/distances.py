@@ -16,10 +16,15 @@ covering it, and each panel gets a Gauss-Legendre rule. Node counts therefore fo
 scale (a very narrow fitted expert costs a few panels, not a fine global grid) and stay bounded.
 
 Hellinger uses the quadrature directly on ``(sqrt p - sqrt q)^2``, which has no cancellation, so
-small distances keep their relative accuracy. TV uses the sign changes of ``p - q`` on the nodes,
+small distances keep their relative accuracy. TV uses the crossings of ``p - q`` (sign changes
+between nodes, plus pairs of close crossings between two nodes spotted from the derivative),
 refined by bisection, and the closed-form mixture CDFs: TV = 1/2 sum over the segments between
 crossings of ``|D(r_{s+1}) - D(r_s)|`` with ``D = F_p - F_q``; this avoids the kinks of
-``|p - q|`` that would spoil a quadrature rule.
+``|p - q|`` that would spoil a quadrature rule. The fused loop is a numba kernel
+(:mod:`simstudy.losses.quadrature_kernels`).
+
+Accuracy (tests/test_distances.py, tests/bench_losses.py): within 1e-9 + 1e-6 h^2 of adaptive
+quadrature for h^2 and 1e-9 for TV at every x tried; measured at most 4e-10 and 1e-15.
 """
 
 from __future__ import annotations
@@ -47,14 +52,29 @@ _HALF_RANGE = 10.0  # component means +- this many sd
 _LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
 
 
-@lru_cache(maxsize=32)
 def input_sample(inputs, m: int = DEFAULT_M, seed: int = 0) -> np.ndarray:
-    """Fixed quasi-random sample ``inputs.quasi_random(m, seed)``, cached per law (read-only)."""
+    """Fixed quasi-random sample ``inputs.quasi_random(m, seed)``, cached per law (read-only).
+
+    Raises
+    ------
+    ValueError
+        If ``m`` is not an integer >= 1.
+    """
     if isinstance(m, bool) or int(m) != m or m < 1:
         raise ValueError(f"m: the size of the x sample must be an integer >= 1, got {m!r}")
-    X = np.array(inputs.quasi_random(int(m), seed=seed), dtype=np.float64)
+    try:
+        return _cached_sample(inputs, int(m), seed)
+    except TypeError:  # an unhashable law: no cache
+        return _draw_sample(inputs, int(m), seed)
+
+
+def _draw_sample(inputs, m, seed):
+    X = np.array(inputs.quasi_random(m, seed=seed), dtype=np.float64)
     X.setflags(write=False)
     return X
+
+
+_cached_sample = lru_cache(maxsize=32)(_draw_sample)
 
 
 @lru_cache(maxsize=8)

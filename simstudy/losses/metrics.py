@@ -39,7 +39,7 @@ def compute_metrics(
         The true parameters; its K is the K of the Voronoi loss.
     inputs : input law (e.g. :class:`simstudy.model.UniformBox`)
         Law of X for the expected distances.
-    m : int, default=512
+    m : int, default=256
         Size of the quasi-random x sample of the expected distances.
 
     Returns
