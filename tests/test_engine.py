@@ -279,3 +279,13 @@ def test_load_results_follows_the_spec(tmp_path):
     assert len(df) == 4 * 2 and set(df["label"]) == {"exact"} and df["rep"].max() == 1
     keys = ["label", "protocol", "n", "rep"]
     assert df[keys].equals(df[keys].sort_values(keys, ignore_index=True))
+
+
+def test_malformed_task_result_is_an_error(tmp_path):
+    from simstudy.engine.fakes import malformed_fake_task
+
+    summary = run(SMALL, tmp_path, jobs=1, task_fn=malformed_fake_task)
+    df = load_results(SMALL, store_dir=tmp_path)
+    assert summary.failed == 18 and (df["status"] == "error").all()
+    assert df.loc[df["rep"] == 0, "message"].str.contains("got 'fine'").all()
+    assert df.loc[df["rep"] == 1, "message"].str.contains("got 'NoneType'").all()

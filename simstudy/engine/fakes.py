@@ -15,7 +15,7 @@ import numpy as np
 
 from simstudy.engine.task import generate
 
-__all__ = ["fake_task", "slow_fake_task", "failing_fake_task"]
+__all__ = ["fake_task", "slow_fake_task", "failing_fake_task", "malformed_fake_task"]
 
 
 def fake_task(task) -> dict:
@@ -53,3 +53,8 @@ def failing_fake_task(task) -> dict:
     if task.rep == 1:
         raise RuntimeError(f"injected failure in {task.condition_id} rep 1")
     return fake_task(task)
+
+
+def malformed_fake_task(task):
+    """Returns something that is not a result (the runner must store an error row)."""
+    return {"status": "fine"} if task.rep == 0 else None

@@ -25,6 +25,7 @@ from simstudy.engine.task import error_result, run_task, warmup
 __all__ = ["RunSummary", "run_study", "resolve_spec", "resolve_task_fn", "execute", "BACKENDS"]
 
 BACKENDS = ("loky", "dask")
+STATUSES = ("ok", "not_converged", "degenerate", "error")
 
 
 @dataclass
@@ -111,6 +112,10 @@ def execute(task_fn: Callable, task, limit: str = "each") -> tuple[str, int, int
     with ctx:
         try:
             result = task_fn(task)
+            if not isinstance(result, dict) or result.get("status") not in STATUSES:
+                got = result.get("status") if isinstance(result, dict) else type(result).__name__
+                raise ValueError(f"task function: must return a dict whose 'status' is one of "
+                                 f"{', '.join(STATUSES)}; got {got!r}")
         except Exception as exc:  # the run goes on; the failure is a stored outcome
             result = error_result(exc, time.perf_counter() - t0)
     return task.condition_id, task.rep, task.n, result
