@@ -113,7 +113,7 @@ def fake_engine(monkeypatch):
     return tables
 
 
-def test_build_writes_tables_figures_and_readme(tmp_path, fake_engine, capsys):
+def test_build_writes_tables_figures_and_readme(tmp_path, fake_engine, capsys, monkeypatch):
     spec = tmp_path / "sweep.toml"
     spec.write_text(SPEC.format(name="sweep"))
     fake_engine["sweep"] = small_table()
@@ -148,5 +148,10 @@ def test_build_writes_tables_figures_and_readme(tmp_path, fake_engine, capsys):
     assert build.main([str(spec2), "--out", str(out), "--no-figures"]) == 0
     readme = (out / "README.md").read_text()
     assert "### sweep" in readme and "### other" in readme
+    # a sweep kept in one spec per setting: one combined figure, linked from the README
+    monkeypatch.setattr(build, "write_figures", lambda *a, **k: [])  # only the sweep: fast
+    assert build.main([str(spec), str(spec2), "--out", str(out), "--sweep", "both"]) == 0
+    assert (out / "figures" / "both_sweep.png").stat().st_size > 0
+    assert "(figures/both_sweep.png)" in (out / "README.md").read_text()
     assert build.main([str(tmp_path / "nope.toml"), "--out", str(out)]) == 2
     assert "spec: no such file" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from simstudy.reports.figures import write_figures
+from simstudy.reports.figures import sweep_figure, write_figures
 from simstudy.reports.rates import BOUND_RULES, DEFAULT_TOL, INCLUDED_STATUSES, rate_table
 from simstudy.reports.summaries import per_n_summary
 from simstudy.reports.tables import _ci, _theory_text, to_markdown, write_tables
@@ -167,10 +167,23 @@ def write_readme(out, command: str) -> Path:
     return path
 
 
+def _add_file_to_meta(out: Path, combined, path: Path) -> None:
+    """List a cross-study figure in the first study's meta file (so the README links it)."""
+    study = combined[0][0]["study"].iloc[0]
+    mpath = out / "tables" / f"{study}_meta.json"
+    meta = json.loads(mpath.read_text())
+    meta["files"] = sorted({*meta["files"], str(path.relative_to(out))})
+    mpath.write_text(json.dumps(meta, indent=1) + "\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="simstudy report", description=__doc__.split("\n\n")[0])
     p.add_argument("specs", nargs="+", metavar="SPEC", help="study spec TOML file(s)")
     p.add_argument("--out", default="results", help="output root (default: %(default)s)")
+    p.add_argument("--sweep", metavar="NAME", default=None,
+                   help="also draw one side-by-side figure NAME_sweep.png over all the given "
+                        "specs (facets by study/label), e.g. the true-K sweep kept in one "
+                        "spec per K")
     p.add_argument("--no-figures", action="store_true", help="tables and README only")
     p.add_argument("--theory-tolerance", type=float, default=DEFAULT_TOL,
                    help="tolerance on the exponent in the verdicts (default: %(default)s)")
@@ -185,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from simstudy.reports.configs import configs_from_spec, study_name
 
+    combined = []
     try:
         from simstudy.engine import load_results
 
@@ -199,6 +213,17 @@ def main(argv: list[str] | None = None) -> int:
                               figures=not args.no_figures, tol=args.theory_tolerance,
                               bound_rule=args.bound_rule, data_date=_data_date(df, store))
             print(f"{name}: {len(res['files'])} files under {args.out}")
+            if args.sweep:
+                th = res["theory"].copy()
+                th["label"] = name + "/" + th["label"]
+                combined.append((df.assign(label=name + "/" + df["label"].astype(str)), th))
+        if args.sweep and combined and not args.no_figures:
+            fdir = Path(args.out) / "figures"
+            path = fdir / f"{args.sweep}_sweep.png"
+            if sweep_figure(pd.concat([c[0] for c in combined], ignore_index=True), path,
+                            pd.concat([c[1] for c in combined], ignore_index=True)):
+                print(f"wrote {path}")
+                _add_file_to_meta(Path(args.out), combined, path)
         readme = write_readme(args.out, "simstudy report " + " ".join(argv))
     except ValueError as exc:
         print(f"simstudy report: error: {exc}", file=sys.stderr)
