@@ -6,7 +6,7 @@ import types
 
 import numpy as np
 import pytest
-from reports_synth import design_config, synth_table
+from tests.reports_synth import design_config, synth_table
 
 from simstudy.reports import check
 from simstudy.reports.check import check_failures, make_reference, read_reference

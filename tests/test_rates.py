@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
-from reports_synth import design_config, synth_table
+from tests.reports_synth import design_config, synth_table
 
 from simstudy.reports.rates import fit_rate, rate_table, sensitivity, verdict
 from simstudy.reports.summaries import mcse_mean, mcse_median, per_n_summary

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from reports_synth import design_config, synth_table
+from tests.reports_synth import design_config, synth_table
 
 from simstudy.reports import build
 from simstudy.reports.configs import configs_from_spec, configs_from_table

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from reports_synth import design_config
+from tests.reports_synth import design_config
 
 from simstudy.reports.theory import (
     FitConfig,
