@@ -6,12 +6,12 @@ import types
 
 import numpy as np
 import pytest
-from tests.reports_synth import design_config, synth_table
 
 from simstudy.reports import check
 from simstudy.reports.check import check_failures, make_reference, read_reference
 from simstudy.reports.rates import rate_table
 from simstudy.reports.theory import theory_table
+from tests.reports_synth import design_config, synth_table
 
 SPEC = """
 [study]

@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
-from tests.reports_synth import design_config, synth_table
 
 from simstudy.reports.rates import fit_rate, rate_table, sensitivity, verdict
 from simstudy.reports.summaries import mcse_mean, mcse_median, per_n_summary
 from simstudy.reports.theory import theory_table
+from tests.reports_synth import design_config, synth_table
 
 
 def naive_ols_hc3(x, y):
@@ -107,6 +107,9 @@ def test_rate_table_on_synthetic_study_with_known_slopes():
     rt = rate_table(df, theory_table(cfgs))
     assert set(rt["metric"][rt.label == "topk_exact"]).isdisjoint({"D2"})
     assert set(rt["metric"][rt.label == "topk_over"]).isdisjoint({"D1"})
+    # rows follow the theory's order within each label: D, hellinger, tv, then per expert
+    over = rt[(rt.label == "topk_over") & (rt.protocol == "strict")]["metric"].tolist()
+    assert over[:4] == ["D2", "hellinger", "tv", "err_beta1_1"] and over[-1] == "mass_3"
     row = rt[(rt.label == "topk_exact") & (rt.protocol == "strict") & (rt.metric == "hellinger")]
     assert row["verdict"].item() == "inconsistent" and abs(row["slope"].item() + 0.2) < 0.08
     rest = rt[~rt.index.isin(row.index) & rt.kind.isin(["rate", "bound"])]

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.reports_synth import design_config, synth_table
 
 from simstudy.reports import build
 from simstudy.reports.configs import configs_from_spec, configs_from_table
 from simstudy.reports.tables import protocol_comparison, to_markdown
+from tests.reports_synth import design_config, synth_table
 
 SPEC = """
 [study]

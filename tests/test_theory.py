@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from tests.reports_synth import design_config
 
 from simstudy.reports.theory import (
     FitConfig,
@@ -13,6 +12,7 @@ from simstudy.reports.theory import (
     selection_regions,
     theory_table,
 )
+from tests.reports_synth import design_config
 
 
 def kinds(cfg):

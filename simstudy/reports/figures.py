@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from simstudy.reports.rates import INCLUDED_STATUSES, fit_rate  # noqa: E402
 from simstudy.reports.theory import PARAMS  # noqa: E402
@@ -57,6 +58,9 @@ def draw_metric(ax, g: pd.DataFrame, metric: str, color, name: str, theory=None,
                     alpha=0.9)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    # minor-tick labels crowd narrow n ranges; the major decades are enough
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
     return True
 
 

@@ -339,11 +339,16 @@ def rate_table(df: pd.DataFrame, theory: pd.DataFrame | None = None, *,
     out = pd.DataFrame(rows, columns=cols)
     if len(out):
         # fixed order: studies and labels as they appear, metrics as the theory lists them
-        order = {m: i for i, m in enumerate(dict.fromkeys(
-            [*(theory["metric"] if theory is not None else []), *out["metric"]]))}
+        order = {}
+        if theory is not None:
+            for label, g in theory.groupby("label", sort=False):
+                order.update({(label, m): i for i, m in enumerate(g["metric"])})
+        m_pos = [order.get((la, m), 10_000) for la, m in zip(out["label"], out["metric"],
+                                                              strict=True)]
         lab = {v: i for i, v in enumerate(dict.fromkeys(df["label"]))}
         key = pd.DataFrame({"s": out["study"], "l": out["label"].map(lab),
-                            "p": out["protocol"], "m": out["metric"].map(order)})
-        out = out.loc[key.sort_values(["s", "l", "p", "m"], kind="stable").index]
+                            "p": out["protocol"], "m": m_pos, "name": out["metric"]},
+                           index=out.index)
+        out = out.loc[key.sort_values(["s", "l", "p", "m", "name"], kind="stable").index]
         out = out.reset_index(drop=True)
     return out
