@@ -249,3 +249,76 @@ def test_invalid_arguments_raise_named_errors():
         route(torch.zeros(3, 4), 1, selection_logits=torch.zeros(3, 5))
     with pytest.raises(ValueError, match="selection_logits: only"):
         route(torch.zeros(3, 4), 1, "softmax_topk", selection_logits=torch.zeros(3, 4))
+
+
+# -- bridge and benchmark --------------------------------------------------------------------
+def test_torch_moe_loglik_matches_numpy_model():
+    from simstudy.model import MoEParams, get_design, loglik, sample
+    from simstudy.neural.bridge import TorchTopKMoE
+
+    rng = np.random.default_rng(5)
+    design = get_design("T")
+    for n in (7, 100, 2000):
+        X, y = sample(design.params, n, design.inputs, rng)
+        m = TorchTopKMoE(design.params)
+        got = float(m.log_density(torch.tensor(X), torch.tensor(y)).sum().detach())
+        assert got == pytest.approx(loglik(design.params, X, y), rel=1e-12)
+        assert m.to_params() == design.params
+    # a random d = 3, k = 5, K = 2 model too
+    p = MoEParams(
+        beta0=np.r_[rng.normal(size=2), 0.0, rng.normal(size=2)],
+        beta1=np.vstack([rng.normal(size=(2, 3)), np.zeros((1, 3)), rng.normal(size=(2, 3))]),
+        a=rng.normal(size=(5, 3)),
+        b=rng.normal(size=5),
+        v=rng.uniform(0.1, 1, size=5),
+        K=2,
+        ref=2,
+    )
+    X = rng.uniform(-1, 1, size=(300, 3))
+    y = rng.normal(size=300)
+    got = float(TorchTopKMoE(p).log_density(torch.tensor(X), torch.tensor(y)).sum().detach())
+    assert got == pytest.approx(loglik(p, X, y), rel=1e-12)
+
+
+def test_adam_fit_improves_loglik_and_keeps_reference_fixed():
+    from simstudy.model import get_design, loglik, sample
+    from simstudy.neural.bridge import fit_adam
+    from simstudy.neural.routers_bench import near_truth_start
+
+    design = get_design("T")
+    X, y = sample(design.params, 2000, design.inputs, np.random.default_rng(0))
+    start = near_truth_start(design.params, 0.2, np.random.default_rng(1))
+    res = fit_adam(X, y, start, max_iter=400)
+    assert res.loglik == pytest.approx(loglik(res.params, X, y), rel=1e-10)
+    assert res.loglik > loglik(start, X, y)
+    assert res.params.beta0[1] == 0.0 and np.all(res.params.beta1[1] == 0.0)
+    with pytest.raises(ValueError, match="lr: must be > 0"):
+        fit_adam(X, y, start, lr=0.0)
+    with pytest.raises(ValueError, match="max_iter: must be an integer >= 1"):
+        fit_adam(X, y, start, max_iter=0)
+
+
+def test_peak_memory_measures_allocations():
+    from simstudy.neural.routers_bench import peak_forward_memory
+
+    def fn():
+        a = torch.empty(250_000)  # 1 MB
+        b = torch.empty(500_000)  # 2 MB
+        del a, b
+        c = torch.empty(1_000_000)  # 4 MB after the others are gone
+        del c
+
+    assert peak_forward_memory(fn) == 4_000_000
+
+
+def test_routers_benchmark_quick(tmp_path):
+    import pandas as pd
+
+    from simstudy.neural.routers_bench import main
+
+    assert main(["--quick", "--no-bridge", "-q", "--out", str(tmp_path)]) == 0
+    df = pd.read_csv(tmp_path / "throughput.csv")
+    assert len(df) == 4 and (tmp_path / "throughput.png").exists()
+    assert (df["rel_diff"] < 1e-5).all()
+    assert (df["memory_ratio"] < 1).all()  # the sparse layer never holds E outputs per token
+    assert (tmp_path / "throughput.md").read_text().startswith("| E | K |")
