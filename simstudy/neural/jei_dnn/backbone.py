@@ -50,8 +50,10 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
+        self.heads = cfg.heads
         self.norm1 = nn.LayerNorm(cfg.width)
-        self.attn = nn.MultiheadAttention(cfg.width, cfg.heads, batch_first=True)
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
+        self.proj = nn.Linear(cfg.width, cfg.width)
         self.norm2 = nn.LayerNorm(cfg.width)
         self.mlp = nn.Sequential(
             nn.Linear(cfg.width, cfg.mlp_ratio * cfg.width),
@@ -60,8 +62,11 @@ class Block(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = self.norm1(x)
-        x = x + self.attn(u, u, u, need_weights=False)[0]
+        n, t, d = x.shape
+        qkv = self.qkv(self.norm1(x)).view(n, t, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (n, heads, t, d / heads)
+        att = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(att.transpose(1, 2).reshape(n, t, d))
         return x + self.mlp(self.norm2(x))
 
 

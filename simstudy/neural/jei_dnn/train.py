@@ -201,7 +201,7 @@ def train_jei(
                 loss.backward()
                 opt_g.step()
                 sched_g.step()
-                log["gate_loss"].append(float(loss))
+                log["gate_loss"].append(float(loss.detach()))
             else:
                 logits = heads.im_logits(b.feats, b.head)
                 ce = exit_ce(logits, b.y)
@@ -215,5 +215,5 @@ def train_jei(
                 loss.backward()
                 opt_im.step()
                 sched_im.step()
-                log["im_loss"].append(float(loss))
+                log["im_loss"].append(float(loss.detach()))
     return log
