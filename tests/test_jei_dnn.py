@@ -234,3 +234,104 @@ def test_conformal_coverage_exchangeable():
         # and not trivially: finite thresholds, sets smaller than all classes
         assert row["n_full_set_exits"] == 0
         assert row["set_size"] < C
+
+
+# -- baselines, training, end to end ---------------------------------------------------------
+def test_threshold_and_oracle_exits_hand_example():
+    from simstudy.neural.jei_dnn.baselines import oracle_exits, outcome, threshold_exits
+
+    probs = np.array(
+        [
+            [[0.9, 0.1], [0.8, 0.2], [0.6, 0.4]],  # confident and right at once
+            [[0.6, 0.4], [0.3, 0.7], [0.1, 0.9]],  # label 1: right from exit 1
+            [[0.55, 0.45], [0.6, 0.4], [0.7, 0.3]],  # label 1: never right
+        ]
+    )
+    y = np.array([0, 1, 1])
+    assert threshold_exits(probs, 0.85).tolist() == [0, 2, 2]
+    assert threshold_exits(probs, 0.65).tolist() == [0, 1, 2]
+    assert oracle_exits(probs, y).tolist() == [0, 1, 2]
+    o = outcome(probs, y, np.array([0, 1, 2]), [0.2, 0.5, 1.0])
+    assert o["accuracy"] == pytest.approx(2 / 3)
+    assert o["cost"] == pytest.approx((0.2 + 0.5 + 1.0) / 3)
+    assert o["exit_counts"] == [1, 1, 1]
+
+
+def _toy_cached(n, L=3, D=6, C=3, seed=0):
+    """Features where exit l sees the label with signal growing in l."""
+    from simstudy.neural.jei_dnn.train import Cached
+
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, C, (n,), generator=g)
+    onehot = torch.nn.functional.one_hot(y, C).float()
+    feats = torch.randn(n, L, D, generator=g)
+    for l in range(L):
+        feats[:, l, :C] += (1.0 + 2.0 * l) * onehot
+    head = 6.0 * onehot + torch.randn(n, C, generator=g)
+    return Cached(feats, head, y)
+
+
+def test_warmup_learns_and_jei_training_moves_exits_with_lambda():
+    from simstudy.neural.jei_dnn.baselines import exit_probs, jei_exits
+    from simstudy.neural.jei_dnn.train import train_ims, train_jei
+
+    torch.manual_seed(0)
+    train, val = _toy_cached(600, seed=1), _toy_cached(300, seed=2)
+    heads = ExitHeads(6, 3, 3)
+    log = train_ims(heads, train, val, epochs=15, patience=5, seed=0)
+    acc = (exit_probs(heads, val).argmax(-1) == val.y.numpy()[:, None]).mean(0)
+    assert acc[0] > 0.6 and acc[1] > acc[0] - 0.05 and len(log["best_val_acc"]) == 2
+    costs = torch.tensor([0.3, 0.6, 1.0], dtype=torch.float64)
+    mean_cost = {}
+    import copy
+
+    for lam in (0.0, 5.0):
+        h = copy.deepcopy(heads)
+        train_jei(h, train, val, costs, lam, epochs=40, seed=0)
+        ex, pi = jei_exits(h, val)
+        np.testing.assert_allclose(pi.sum(1), 1.0, atol=1e-6)
+        mean_cost[lam] = costs.numpy()[ex].mean()
+    # a large cost weight makes the gates exit earlier than a zero one
+    assert mean_cost[5.0] < mean_cost[0.0]
+    with pytest.raises(ValueError, match="im_loss: must be 'weighted' or 'mean'"):
+        train_jei(heads, train, val, costs, 0.1, im_loss="sum")
+
+
+def test_data_splits_and_long_tail():
+    from simstudy.neural.jei_dnn.data import load_data, long_tail_counts
+
+    d = load_data("digits")
+    assert len(d.train) + len(d.val) + len(d.calib) + len(d.test) == 1797
+    lt = load_data("digits_lt", imbalance=10)
+    counts = np.bincount(lt.train.y, minlength=10)
+    assert counts[0] / counts[-1] == pytest.approx(10, rel=0.15)
+    assert np.all(np.diff(counts) <= 0)
+    np.testing.assert_array_equal(lt.test.y, d.test.y)  # evaluation splits stay balanced
+    assert long_tail_counts(100, 10, 1.0).tolist() == [100] * 10
+    with pytest.raises(ValueError, match="name: unknown data set"):
+        load_data("cifar")
+    with pytest.raises(ValueError, match="imbalance: must be >= 1"):
+        long_tail_counts(10, 10, 0.5)
+
+
+def test_quick_end_to_end(tmp_path):
+    import pandas as pd
+
+    from simstudy.neural.jei_dnn.bench import main
+
+    out = tmp_path / "jei"
+    assert main(["--quick", "-q", "--out", str(out)]) == 0
+    for name in ("points.csv", "summary.md", "matched.csv", "conformal.csv"):
+        assert (out / name).exists()
+    for fig in ("accuracy_cost.png", "calibration_ece.png", "conformal.png", "exit_histograms.png"):
+        assert (out / fig).stat().st_size > 0
+    df = pd.read_csv(out / "points.csv")
+    assert set(df["method"]) == {"jei", "threshold", "boosted", "oracle", "full_backbone"}
+    assert df["accuracy"].between(0, 1).all() and df["cost"].between(0, 1).all()
+    # resumable: a second run reuses the cached points (same numbers)
+    first = sorted((out / "cache" / "points").glob("*.json"))
+    assert first
+    mtimes = [p.stat().st_mtime_ns for p in first]
+    assert main(["--quick", "-q", "--out", str(out)]) == 0
+    assert [p.stat().st_mtime_ns for p in first] == mtimes
+    pd.testing.assert_frame_equal(pd.read_csv(out / "points.csv"), df)

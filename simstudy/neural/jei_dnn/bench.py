@@ -37,6 +37,7 @@ from simstudy.neural.jei_dnn.train import Cached, train_ims, train_jei
 __all__ = ["main", "build_parser"]
 
 LAMBDAS = (0.01, 0.03, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+BACKBONE_LR = 5e-3
 N_CHUNKS = 5  # test chunks for the within-seed spread
 
 
@@ -47,14 +48,21 @@ def _key(obj) -> str:
 # -- cached stages -----------------------------------------------------------------------------
 def backbone_features(dataset: str, cfg: ViTConfig, epochs: int, cache: Path, log) -> dict:
     """Features of every split from the frozen backbone, trained once (seed 0) and cached."""
-    settings = {"dataset": dataset, "cfg": cfg.__dict__, "epochs": epochs, "seed": 0}
+    settings = {
+        "dataset": dataset,
+        "cfg": cfg.__dict__,
+        "epochs": epochs,
+        "seed": 0,
+        "lr": BACKBONE_LR,
+        "batch_size": 128,
+    }
     path = cache / f"backbone_{dataset}_{_key(settings)}.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
     data = load_data(dataset)
     t0 = time.perf_counter()
     seed_everything(0)
-    model, blog = train_backbone(data, cfg, epochs=epochs, seed=0, batch_size=128, lr=1e-2)
+    model, blog = train_backbone(data, cfg, epochs=epochs, seed=0, batch_size=128, lr=BACKBONE_LR)
     out = {"settings": settings, "log": blog, "seconds": time.perf_counter() - t0}
     for split in ("train", "val", "calib", "test"):
         s = getattr(data, split)
@@ -419,9 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", default="digits,digits_lt")
     p.add_argument("--variants", default="weighted,mean")
     p.add_argument("--lambdas", type=_floats, default=list(LAMBDAS))
-    p.add_argument("--backbone-epochs", type=int, default=80)
+    p.add_argument("--backbone-epochs", type=int, default=100)
     p.add_argument("--warmup-epochs", type=int, default=60)
-    p.add_argument("--jei-epochs", type=int, default=30)
+    p.add_argument("--jei-epochs", type=int, default=40)
     p.add_argument("--switch", type=int, default=4, help="batches per gate/IM phase")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("-q", "--quiet", dest="verbose", action="store_false")
