@@ -1,0 +1,117 @@
+"""Every numba kernel against the plain-numpy references of tests/naive.py."""
+
+import numpy as np
+import pytest
+
+from simstudy.model import kernels
+from tests import naive
+
+CASES = [(d, k, K) for d in (1, 2, 3) for k in range(1, 6) for K in range(1, k + 1)]
+N = 40
+
+
+def data(seed, k, d, n=N):
+    rng = np.random.default_rng(seed)
+    ref = int(rng.integers(k))
+    params = naive.random_params(rng, k, d, ref=ref)
+    X = rng.uniform(-1, 1, (n, d))
+    y = rng.normal(0, 2, n)
+    return X, y, params, ref
+
+
+def seed_of(d, k, K):
+    return 1000 * d + 10 * k + K
+
+
+@pytest.mark.parametrize("d,k,K", CASES)
+def test_topk_and_loglik_match_naive(d, k, K):
+    X, y, (beta0, beta1, a, b, v), _ = data(seed_of(d, k, K), k, d)
+    mask = np.zeros((N, k), dtype=bool)
+    kernels.topk_mask(X, beta1, K, mask)
+    np.testing.assert_array_equal(mask, naive.active(X, beta1, K))
+    assert np.all(mask.sum(axis=1) == K)
+    out = np.empty(N)
+    kernels.log_density_points(X, y, beta0, beta1, a, b, v, K, out)
+    ref_ld = naive.log_density(X, y, beta0, beta1, a, b, v, K)
+    np.testing.assert_allclose(out, ref_ld, rtol=1e-12, atol=1e-12)
+    ll = kernels.loglik(X, y, beta0, beta1, a, b, v, K)
+    assert ll == pytest.approx(ref_ld.sum(), rel=1e-12)
+
+
+@pytest.mark.parametrize("d,k,K", CASES)
+def test_e_step_and_statistics_match_naive(d, k, K):
+    X, y, (beta0, beta1, a, b, v), ref = data(seed_of(d, k, K) + 1, k, d)
+    R = np.empty((N, k))
+    mask = np.empty((N, k), dtype=bool)
+    ll = kernels.e_step(X, y, beta0, beta1, a, b, v, K, R, mask)
+    R0, mask0, ll0 = naive.e_step(X, y, beta0, beta1, a, b, v, K)
+    np.testing.assert_array_equal(mask, mask0)
+    np.testing.assert_allclose(R, R0, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(R.sum(axis=1), 1.0, rtol=1e-12)
+    assert ll == pytest.approx(ll0, rel=1e-12)
+
+    p = d + 1
+    XtX, Xty, sr, syy = np.empty((k, p, p)), np.empty((k, p)), np.empty(k), np.empty(k)
+    kernels.expert_stats(X, y, R, XtX, Xty, sr, syy)
+    for got, want in zip((XtX, Xty, sr, syy), naive.expert_stats(X, y, R0), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+    ng = (k - 1) * p
+    g, H = np.empty(ng), np.empty((ng, ng))
+    Q = kernels.gating_grad_hess(X, R, mask, beta0, beta1, ref, g, H)
+    g0, H0, Q0 = naive.gating_grad_hess(X, R0, mask0, beta0, beta1, ref)
+    np.testing.assert_allclose(g, g0, rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(H, H0, rtol=1e-10, atol=1e-11)
+    assert Q == pytest.approx(Q0, rel=1e-10, abs=1e-10)
+
+    # the fused pass gives the same statistics without storing R
+    grad = np.empty(kernels.n_free(k, d))
+    XtX2, Xty2, sr2, syy2 = np.empty_like(XtX), np.empty_like(Xty), np.empty(k), np.empty(k)
+    g2, H2 = np.empty(ng), np.empty((ng, ng))
+    ll2 = kernels.em_pass(X, y, beta0, beta1, a, b, v, K, ref, XtX2, Xty2, sr2, syy2, g2, H2, grad)
+    assert ll2 == pytest.approx(ll0, rel=1e-12)
+    for got, want in ((XtX2, XtX), (Xty2, Xty), (sr2, sr), (syy2, syy), (g2, g), (H2, H)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("d,k,K", [c for c in CASES if c[0] < 3 or c[1] in (2, 5)])
+def test_observed_gradient_matches_finite_differences(d, k, K):
+    X, y, (beta0, beta1, a, b, v), ref = data(seed_of(d, k, K) + 2, k, d, n=25)
+    grad = np.empty(kernels.n_free(k, d))
+    kernels.obs_grad(X, y, beta0, beta1, a, b, v, K, ref, grad)
+    fd = naive.obs_grad_fd(X, y, beta0, beta1, a, b, v, K, ref)
+    np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-5)
+    # the fused pass returns the same gradient
+    p = d + 1
+    ng = (k - 1) * p
+    grad2 = np.empty_like(grad)
+    kernels.em_pass(
+        X, y, beta0, beta1, a, b, v, K, ref,
+        np.empty((k, p, p)), np.empty((k, p)), np.empty(k), np.empty(k),
+        np.empty(ng), np.empty((ng, ng)), grad2,
+    )  # fmt: skip
+    np.testing.assert_allclose(grad2, grad, rtol=1e-10, atol=1e-10)
+
+
+def test_ties_go_to_the_lower_index():
+    s = np.array([1.0, 2.0, 2.0, 2.0, 0.5])
+    act = np.empty(5, dtype=bool)
+    kernels.select_topk(s, 2, act)
+    np.testing.assert_array_equal(act, [False, True, True, False, False])
+    kernels.select_topk(s, 4, act)
+    np.testing.assert_array_equal(act, [True, True, True, True, False])
+
+
+def test_kernels_stable_for_extreme_logits():
+    """Huge logits and far-off y must not overflow (everything goes through log-sum-exp)."""
+    X = np.array([[1.0], [-1.0]])
+    y = np.array([1e3, -1e3])
+    beta0 = np.array([0.0, 800.0, -800.0])
+    beta1 = np.array([[0.0], [700.0], [-700.0]])
+    a = np.zeros((3, 1))
+    b = np.zeros(3)
+    v = np.array([1.0, 1e-3, 10.0])
+    for K in (1, 2, 3):
+        ll = kernels.loglik(X, y, beta0, beta1, a, b, v, K)
+        assert np.isfinite(ll)
+        assert ll == pytest.approx(naive.loglik(X, y, beta0, beta1, a, b, v, K), rel=1e-12)
