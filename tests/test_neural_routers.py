@@ -281,13 +281,14 @@ def test_torch_moe_loglik_matches_numpy_model():
 
 
 def test_adam_fit_improves_loglik_and_keeps_reference_fixed():
-    from simstudy.model import get_design, loglik, sample
+    from simstudy.estimation.init import near_truth_start
+    from simstudy.model import MoEParams, get_design, loglik, sample
     from simstudy.neural.bridge import fit_adam
-    from simstudy.neural.routers_bench import near_truth_start
 
     design = get_design("T")
     X, y = sample(design.params, 2000, design.inputs, np.random.default_rng(0))
-    start = near_truth_start(design.params, 0.2, np.random.default_rng(1))
+    parts = near_truth_start(design.params, 3, [], 0.2, None, 2000, np.random.default_rng(1))
+    start = MoEParams(*parts[:5], K=2, ref=parts[5])
     res = fit_adam(X, y, start, max_iter=400)
     assert res.loglik == pytest.approx(loglik(res.params, X, y), rel=1e-10)
     assert res.loglik > loglik(start, X, y)
@@ -316,9 +317,15 @@ def test_routers_benchmark_quick(tmp_path):
 
     from simstudy.neural.routers_bench import main
 
-    assert main(["--quick", "--no-bridge", "-q", "--out", str(tmp_path)]) == 0
+    assert main(["--quick", "-q", "--out", str(tmp_path)]) == 0
     df = pd.read_csv(tmp_path / "throughput.csv")
     assert len(df) == 4 and (tmp_path / "throughput.png").exists()
     assert (df["rel_diff"] < 1e-5).all()
     assert (df["memory_ratio"] < 1).all()  # the sparse layer never holds E outputs per token
     assert (tmp_path / "throughput.md").read_text().startswith("| E | K |")
+    bridge = pd.read_csv(tmp_path / "bridge.csv")
+    assert set(bridge["method"]) == {"EM", "Adam"}
+    assert bridge["D1"].notna().all() and (bridge["hellinger"] > 0).all()
+    # both fits start from the same near-truth point and land near the same likelihood
+    ll = bridge.set_index("method")["loglik"]
+    assert abs(ll["EM"] - ll["Adam"]) < 5.0

@@ -126,7 +126,7 @@ def fit_adam(
         opt.zero_grad()
         loss = model.nll(Xt, yt)
         loss.backward()
-        val = float(loss)
+        val = float(loss.detach())
         trace.append(val)
         if val < best - tol * max(1.0, abs(best)):
             best, since = val, 0
