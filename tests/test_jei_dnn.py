@@ -138,6 +138,9 @@ def test_gate_pos_weight():
     l_star = torch.tensor([0, 0, 1, 3, 3, 3, 3, 3, 3, 3])  # N = 10, n = (2, 1, 0, 7)
     w = gate_pos_weight(l_star, 4)
     torch.testing.assert_close(w, torch.tensor([4.0, 5.0, 5.0]))  # (10-2)/2, min(5, 9), n=0
+    # variant: n_l = #{l* <= l} = (2, 3, 3) -> (8/2, 7/3, 7/3)
+    wc = gate_pos_weight(l_star, 4, cumulative=True)
+    torch.testing.assert_close(wc, torch.tensor([4.0, 7 / 3, 7 / 3]))
 
 
 def test_gate_statistics():

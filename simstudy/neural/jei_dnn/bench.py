@@ -135,6 +135,8 @@ def jei_point(feats, cfg, warm, seed, variant, lam, args, cache: Path, tag: str)
         "switch": args.switch,
         "warmup": args.warmup_epochs,
     }
+    if args.pos_weight != "spec":  # keeps the cache keys of spec runs unchanged
+        settings["pos_weight"] = args.pos_weight
     path = cache / "points" / f"jei_{_key(settings)}.json"
     cached = read_json(path)
     if cached is not None:
@@ -155,6 +157,7 @@ def jei_point(feats, cfg, warm, seed, variant, lam, args, cache: Path, tag: str)
         epochs=args.jei_epochs,
         switch=args.switch,
         seed=seed,
+        pos_weight=args.pos_weight,
     )
     secs = time.perf_counter() - t0
     test = Cached.from_numpy(*feats["test"])
@@ -431,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=int, default=60)
     p.add_argument("--jei-epochs", type=int, default=40)
     p.add_argument("--switch", type=int, default=4, help="batches per gate/IM phase")
+    p.add_argument(
+        "--pos-weight",
+        default="spec",
+        choices=["spec", "cumulative"],
+        help="gate BCE positive weight from #{l* = l} (spec) or #{l* <= l} (variant)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("-q", "--quiet", dest="verbose", action="store_false")
     return p

@@ -143,13 +143,19 @@ def gate_targets(l_star: torch.Tensor, n_exits: int) -> torch.Tensor:
     return (ls[None, :] >= l_star[:, None]).to(torch.float32)
 
 
-def gate_pos_weight(l_star_val: torch.Tensor, n_exits: int, cap: float = 5.0) -> torch.Tensor:
+def gate_pos_weight(
+    l_star_val: torch.Tensor, n_exits: int, cap: float = 5.0, cumulative: bool = False
+) -> torch.Tensor:
     """BCE positive weight per gate: min(cap, (N - n_l) / n_l), n_l = #{val examples: l* = l}.
 
-    ``n_l = 0`` gives the cap.
+    ``n_l = 0`` gives the cap. ``cumulative=True`` is a variant outside the spec: n_l counts
+    l* <= l, the examples whose target at gate l is actually 1, so the weight balances each
+    gate's positives against its negatives.
     """
     N = l_star_val.numel()
     n_l = torch.bincount(l_star_val, minlength=n_exits)[: n_exits - 1].to(torch.float32)
+    if cumulative:
+        n_l = torch.cumsum(n_l, dim=0)
     ratio = torch.where(n_l > 0, (N - n_l) / n_l.clamp_min(1), torch.full_like(n_l, cap))
     return torch.clamp(ratio, max=cap)
 

@@ -154,6 +154,7 @@ def train_jei(
     switch: int = 4,
     batch_size: int = 64,
     seed: int = 0,
+    pos_weight: str = "spec",
 ) -> dict:
     """Jointly train gates and IMs (in place) for one lambda.
 
@@ -163,8 +164,11 @@ def train_jei(
     validation l* counts (refreshed at the start of each epoch); an IM phase (gates fixed)
     minimises sum_l pi_l CE_l (``im_loss="weighted"``) or mean_l CE_l (``"mean"``).
     In the weighted loss pi is a constant: it is computed from the gates on statistics that
-    carry no gradient, and is detached as well.
+    carry no gradient, and is detached as well. ``pos_weight="cumulative"`` is a variant
+    outside the spec (see :func:`~simstudy.neural.jei_dnn.model.gate_pos_weight`).
     """
+    if pos_weight not in ("spec", "cumulative"):
+        raise ValueError(f"pos_weight: must be 'spec' or 'cumulative', got {pos_weight!r}")
     if im_loss not in ("weighted", "mean"):
         raise ValueError(f"im_loss: must be 'weighted' or 'mean', got {im_loss!r}")
     if isinstance(switch, bool) or int(switch) != switch or switch < 1:
@@ -184,7 +188,9 @@ def train_jei(
     for _ in range(epochs):
         with torch.no_grad():
             ce_val = exit_ce(heads.im_logits(val.feats, val.head), val.y)
-            pos_w = gate_pos_weight(optimal_exit(ce_val, costs, lam), L)
+            pos_w = gate_pos_weight(
+                optimal_exit(ce_val, costs, lam), L, cumulative=pos_weight == "cumulative"
+            )
         log["pos_weight"].append(pos_w.tolist())
         for idx in _batches(len(train), batch_size, rng):
             b = train.batch(idx)
