@@ -77,6 +77,16 @@ def test_configs_from_spec_and_table(tmp_path):
                                                    "protocols = [\"papers\"]\n[[fit]]"))
     with pytest.raises(ValueError, match="fit 'kbar2': extra_atoms: true expert indices"):
         configs_from_spec(bad)
+    # a per-fit true K (the K sweep kept in one study)
+    ksweep = tmp_path / "ks.toml"
+    ksweep.write_text(SPEC.format(name="ks").replace('label = "kbar2"\nk = 4\nK = 2\n'
+                                                     'extra_atoms = [1]',
+                                                     'label = "K1"\ntrue_K = 1\nk = 3\nK = 1'))
+    ks = configs_from_spec(ksweep)
+    assert ks["K1"].truth.K == 1 and ks["K1"].k == 3 and ks["kbar3"].truth.K == 2
+    with pytest.raises(ValueError, match="fit 'K1': true_K"):
+        configs_from_spec(ksweep.write_text(ksweep.read_text().replace("true_K = 1",
+                                                                       "true_K = 5")) and ksweep)
     with pytest.raises(ValueError, match="df: the tidy table lacks"):
         configs_from_table(pd.DataFrame({"label": ["x"]}))
 

@@ -1,8 +1,11 @@
 """The theory table equals the spec's expectations (sections 4 and 5) for every study fit."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from simstudy.reports.configs import configs_from_spec
 from simstudy.reports.theory import (
     FitConfig,
     ever_selected,
@@ -149,3 +152,31 @@ def test_theory_table_frame():
     assert len(tab) == 2 * (3 + 3 * 5)
     row = tab[(tab.label == "topk_over") & (tab.metric == "err_a_1")].iloc[0]
     assert row.kind == "bound" and np.isclose(row.expected, -0.25) and row.cell_sizes == "2,1,1"
+
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+
+# the kinds the spec (sections 4-5) expects per fit of each committed study:
+# rate / bound / none / fixed counts over the 3 + 5 k* metrics
+EXPECTED_KINDS = {
+    "topk_exact": {"exact": {"rate": 16, "fixed": 2}},
+    "topk_over": {"over": {"rate": 12, "bound": 4, "fixed": 2}},
+    "topk_kbar_sweep": {"Kbar2": {"none": 18}, "Kbar3": {"rate": 12, "bound": 4, "fixed": 2},
+                        "Kbar4": {"none": 18}},
+    "topk_K_sweep": {"K1": {"none": 8, "rate": 8, "fixed": 2}, "K2": {"rate": 16, "fixed": 2},
+                     "K3": {"rate": 16, "fixed": 2}},
+    "dense_exact": {"exact": {"rate": 11, "fixed": 2}},
+    "dense_over": {"over": {"rate": 7, "bound": 4, "fixed": 2}},
+}
+
+
+@pytest.mark.parametrize("study", sorted(EXPECTED_KINDS))
+def test_committed_study_specs_give_the_spec_theory(study):
+    path = STUDIES / f"{study}.toml"
+    if not path.is_file():
+        pytest.skip(f"{path} not in this checkout")
+    configs = configs_from_spec(path)
+    tab = theory_table(list(configs.values()))
+    got = {label: {k: int(v) for k, v in g["kind"].value_counts().items()}
+           for label, g in tab.groupby("label")}
+    assert got == EXPECTED_KINDS[study]

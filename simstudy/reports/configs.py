@@ -61,10 +61,16 @@ def configs_from_spec(spec_path) -> dict[str, FitConfig]:
     fits = data.get("fit")
     if not fits:
         raise ValueError(f"{path}: fit: the spec has no [[fit]] entries")
-    truth, inputs = truth_from_design_table(data["design"])
+    truth0, inputs = truth_from_design_table(data["design"])
     out = {}
     for fit in fits:
         label = str(fit.get("label", ""))
+        truth = truth0
+        if "true_K" in fit:  # a per-fit true K (the K sweep in one study)
+            try:
+                truth = truth0.replace(K=int(fit["true_K"]))
+            except ValueError as exc:
+                raise ValueError(f"{path}: fit {label!r}: true_K: {exc}") from None
         extra = [int(j) - 1 for j in fit.get("extra_atoms", [])]  # spec numbering -> 0-based
         k = int(fit.get("k", truth.k + len(extra)))
         K = int(fit.get("K", truth.K))
