@@ -306,3 +306,45 @@ def test_seeds_common_random_numbers(tmp_path):
         data_seed(1, t.design_hash, -1, 10)
     with pytest.raises(ValueError, match="n: expected an integer >= 1"):
         data_seed(1, t.design_hash, 0, 0)
+
+
+K_SWEEP = BASE.replace('label = "exact"\nk = 3', 'label = "K1"\ntrue_K = 1\nk = 3').replace(
+    'label = "over"\nk = 4\nK = 3\nextra_atoms = [1]\ninit_noise = 0.1',
+    'label = "K3"\ntrue_K = 3\nk = 3\nK = 3\ninit_noise = 0.1')
+
+
+def test_per_fit_true_K(tmp_path):
+    spec = load_spec(write(tmp_path, K_SWEEP))
+    conds = spec.conditions()
+    assert {(c.label, c.true_K, c.design_name) for c in conds} == {("K1", 1, "T_K1"),
+                                                                  ("K3", 3, "T_K3")}
+    task = {c.label: spec.make_task(c, 0) for c in conds if c.n == 100}
+    assert task["K1"].truth().K == 1 and task["K3"].truth().K == 3
+    # different true models: different data seeds at the same (n, rep)
+    assert task["K1"].design_hash != task["K3"].design_hash
+    draws = {lbl: np.random.default_rng(t.data_seed()).random() for lbl, t in task.items()}
+    assert draws["K1"] != draws["K3"]
+    # a fit without true_K keeps the study's design, and its condition ids do not move
+    plain = load_spec(write(tmp_path, BASE, "s2"))
+    again = load_spec(write(tmp_path, BASE.replace('label = "exact"\nk = 3',
+                                                   'label = "exact"\ntrue_K = 2\nk = 3'), "s3"))
+    assert ids_by_content(plain)["over", "strict", 100] == ids_by_content(again)["over",
+                                                                                 "strict", 100]
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        (K_SWEEP.replace("true_K = 1", "true_K = 4"), ["key 'fit[0].true_K'", "K"]),
+        (K_SWEEP.replace("true_K = 1", 'true_K = "1"'), ["key 'fit[0].true_K'",
+                                                         "expected an integer"]),
+        (K_SWEEP.replace('name = "T"', 'name = "S"').replace("k = 3\nK = 1", "k = 2\nK = 1"),
+         ["key 'fit[0].true_K'", "design S"]),
+        (INLINE.replace('label = "exact"', 'label = "exact"\ntrue_K = 1'),
+         ["key 'fit[0].true_K'", "only with a named design"]),
+    ],
+)
+def test_true_K_errors(tmp_path, text, needles):
+    err = spec_error(tmp_path, text)
+    for needle in needles:
+        assert needle in str(err), (needle, str(err))

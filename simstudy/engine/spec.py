@@ -34,6 +34,8 @@ Format (every key not listed is an error)::
     var_floor = 1e-6          # > 0
     [[fit]]                   # one or more
     label = "over"            # required, unique
+    true_K = 1                # optional, named design T only: this fit's true model has this K
+                              # (a K sweep in one study); default: the [design] one
     k = 4                     # required: fitted experts, k = k* + len(extra_atoms)
     K = 3                     # required: fitted K, 1 <= K <= k
     extra_atoms = [1]         # true experts (numbered from 1 as in the spec) that get one extra
@@ -96,7 +98,8 @@ _SECTIONS = {
     "design": ("name", "K", "params", "inputs"),
     "n_grid": ("min", "max", "num", "values"),
     "em": EM_KEYS,
-    "fit": ("label", "k", "K", "extra_atoms", "init", "init_noise", "n_init", "protocols"),
+    "fit": ("label", "true_K", "k", "K", "extra_atoms", "init", "init_noise", "n_init",
+            "protocols"),
 }
 _TOP = ("study", "design", "n_grid", "em", "fit")
 _PARAM_KEYS = ("beta0", "beta1", "a", "b", "v", "K", "ref")
@@ -227,10 +230,12 @@ class FitSpec:
     init_noise: float | None = None
     n_init: int | None = None
     protocols: tuple[str, ...] = ("strict",)
+    true_K: int | None = None
+    design: DesignSpec | None = field(default=None, repr=False, compare=False)
 
     def content(self) -> dict:
         """Fit settings that change the computation (no label, no protocol list)."""
-        return {
+        out = {
             "k": self.k,
             "K": self.K,
             "extra_atoms": list(self.extra_atoms),
@@ -238,6 +243,9 @@ class FitSpec:
             "init_noise": self.init_noise,
             "n_init": self.n_init,
         }
+        if self.true_K is not None:  # only when given, so other ids do not move
+            out["true_K"] = self.true_K
+        return out
 
 
 @dataclass(frozen=True)
@@ -340,11 +348,16 @@ class StudySpec:
             "metrics": None if self.metrics is None else list(self.metrics),
         }
 
+    def fit_design(self, fit: FitSpec) -> DesignSpec:
+        """The true design of a fit: the study's, or its own true-K variant."""
+        return self.design if fit.design is None else fit.design
+
     def conditions(self) -> list[Condition]:
         """Every condition, in file order: fits, then protocols, then n."""
         out = []
-        design_content = self.design.content()
         for fit in self.fits:
+            design = self.fit_design(fit)
+            design_content = design.content()
             for protocol in fit.protocols:
                 for n in self.n_values:
                     content = {
@@ -360,8 +373,8 @@ class StudySpec:
                             condition_id=content_hash(content, 12),
                             label=fit.label,
                             protocol=protocol,
-                            design_name=self.design.name,
-                            true_K=self.design.params.K,
+                            design_name=design.name,
+                            true_K=design.params.K,
                             n=n,
                             fit=fit,
                             content=content,
@@ -393,7 +406,7 @@ class StudySpec:
             fit=fit,
             em=dict(self.em),
             root_seed=self.root_seed,
-            design_hash=self.design.hash,
+            design_hash=content_hash(cond.content["design"]),
         )
 
     def tasks(self) -> list[Task]:
@@ -454,7 +467,8 @@ def parse_spec(raw: dict, path) -> StudySpec:
     if not isinstance(fits_raw, list) or not fits_raw:
         raise SpecError("expected an array of tables [[fit]] (at least one)", path, "fit")
     fits = tuple(
-        _parse_fit(_Reader(path, f"fit[{i}]", f), design) for i, f in enumerate(fits_raw)
+        _parse_fit(_Reader(path, f"fit[{i}]", f), design, raw["design"])
+        for i, f in enumerate(fits_raw)
     )
     labels = [f.label for f in fits]
     for i, label in enumerate(labels):
@@ -611,11 +625,23 @@ def _parse_em(r: _Reader) -> dict:
     return em
 
 
-def _parse_fit(r: _Reader, design: DesignSpec) -> FitSpec:
+def _parse_fit(r: _Reader, design: DesignSpec, design_raw: dict) -> FitSpec:
     r.check_keys(_SECTIONS["fit"])
     label = r.get("label", str, required=True)
     if not label:
         raise r.error("label", "must be a non-empty string")
+    true_K = r.get("true_K", int)
+    fit_design = None
+    if true_K is not None:
+        if "params" in design_raw:
+            raise r.error("true_K", "only with a named design; an inline design sets K in "
+                          "[design.params]")
+        try:
+            d = get_design(design_raw["name"], true_K)
+        except ValueError as exc:
+            raise r.error("true_K", str(exc)) from None
+        fit_design = DesignSpec(name=d.name, params=d.params, inputs=d.inputs)
+        design = fit_design
     k = r.get("k", int, required=True)
     K = r.get("K", int, required=True)
     if k < 1:
@@ -653,4 +679,5 @@ def _parse_fit(r: _Reader, design: DesignSpec) -> FitSpec:
     if len(set(protocols)) != len(protocols):
         raise r.error("protocols", f"duplicate protocol in {protocols}")
     return FitSpec(label=label, k=k, K=K, extra_atoms=tuple(extra), init=init,
-                   init_noise=init_noise, n_init=n_init, protocols=tuple(protocols))
+                   init_noise=init_noise, n_init=n_init, protocols=tuple(protocols),
+                   true_K=true_K, design=fit_design)
