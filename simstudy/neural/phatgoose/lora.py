@@ -103,9 +103,11 @@ class LoRALinear(nn.Module):
     def add_expert(self, generator: torch.Generator | None = None) -> int:
         """Append a fresh expert (A ~ N(0, 0.01^2), B = 0, v = 0); return its index."""
         a = torch.randn(self.rank, self.in_features, generator=generator) * 0.01
-        self.A.append(nn.Parameter(a))
-        self.B.append(nn.Parameter(torch.zeros(self.out_features, self.rank)))
-        self.gate.append(nn.Parameter(torch.zeros(self.in_features)))
+        # created frozen: training loops switch on exactly the parameters they train
+        self.A.append(nn.Parameter(a, requires_grad=False))
+        self.B.append(nn.Parameter(torch.zeros(self.out_features, self.rank),
+                                   requires_grad=False))
+        self.gate.append(nn.Parameter(torch.zeros(self.in_features), requires_grad=False))
         return self.n_experts - 1
 
     def _check(self, i: int) -> None:

@@ -36,10 +36,10 @@ class TrainConfig:
     mlp_ratio: int = 2
     rank: int = 4
     batch: int = 64
-    base_steps: int = 1500
+    base_steps: int = 800
     base_lr: float = 3e-3
-    expert_steps: int = 500
-    expert_lr: float = 1e-2
+    expert_steps: int = 300
+    expert_lr: float = 2e-2
     gate_steps: int | None = None
     gate_lr: float = 1e-2
     multitask_steps: int | None = None
