@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 
 from simstudy.neural.phatgoose.report import LABELS, POST_HOC, to_markdown
-from simstudy.neural.phatgoose.tasks import HELD_IN, HELD_OUT, LABEL_SHIFT
+from simstudy.neural.phatgoose.tasks import HELD_IN, HELD_OUT, LABEL_SHIFT, load_split
+from simstudy.neural.phatgoose.train import TrainConfig, build_base
 
-FAIRNESS = f"""\
+FAIRNESS = """\
 ## The proxy and how fair an analogue it is
 
 *Setting.* A frozen base model, a library of independently trained parameter-efficient experts,
@@ -19,15 +20,16 @@ a post-hoc gate per expert trained only on that expert's own data, and zero-shot
 tasks no expert saw: this is the paper's setting, with every component kept.
 
 - Base model: a tiny transformer over the 16 2x2-pixel patch tokens of scikit-learn's 8x8 digits
-  (width 48, 2 pre-norm blocks of 4-head attention + GELU MLP, mean pooling, 10 linear modules:
-  patch embedding, qkv/out/fc1/fc2 in each block, classification head), trained on the plain
+  (width {width}, {depth} pre-norm block(s) of {heads}-head attention + GELU MLP, mean pooling,
+  {n_modules} linear modules: patch embedding, qkv/out/fc1/fc2 in each block, classification head;
+  {n_params:,} parameters), trained on the plain
   digit task only, then frozen.
-- Held-in tasks (one LoRA expert each, rank 4 on all 10 linear modules, update (1/r) B A u,
-  A ~ N(0, 0.01^2), B = 0): {", ".join(t.name for t in HELD_IN)} -- input transforms of the digits
+- Held-in tasks (one LoRA expert each, rank {rank} on all {n_modules} linear modules, update
+  (1/r) B A u, A ~ N(0, 0.01^2), B = 0): {held_in} -- input transforms of the digits
   (rotation by 90 degrees, left-right and up-down flips, a cyclic shift by one patch column,
-  intensity inversion) and a label permutation (y -> y + {LABEL_SHIFT} mod 10). They share the
+  intensity inversion) and a label permutation (y -> y + {shift} mod 10). They share the
   10-class label space and the base model is poor on them, so each needs its expert.
-- Held-out tasks (never trained on): {", ".join(t.name for t in HELD_OUT)}, i.e. two held-in
+- Held-out tasks (never trained on): {held_out}, i.e. two held-in
   operations chained. rot180 (flip_lr+flip_ud) composes two spatial experts; the others pair
   operations that mostly act in different places of the network (intensity at the patch
   embedding, layout in attention, labels at the head), which is what per-module, per-token routing
@@ -41,15 +43,15 @@ expert's steps on the expert's own data with base and LoRA frozen; the same base
 Oracle chosen with test labels. "Zero-shot generalization" here means: the held-out task is a
 combination that no contributor trained on, and the router must assemble its skills post hoc.
 
-*Where it does not.* Scale (a ~40k-parameter transformer, 6 experts, 16 tokens per example,
-about 1,250 training images per task, against T5-XL with 36 or 166 experts and T0/BIG-bench
-prompts); tokens are image patches, not words, and there is no generation (classification
-only); the held-out tasks are compositions by construction, while the paper's held-out tasks are
-new tasks whose relation to held-in ones is unknown; the paper's experts come from a multitask
-prompt collection with many near-duplicate tasks, so retrieval-style routing has more to find
-there; a vision transformer over digits has no counterpart of T5's pre-training, so the base
-model's representation of transformed inputs is weak. Numbers are from CPU runs with 3 seeds; the
-spread is seed to seed (base model, experts, gates and retrieval store all reseeded).
+*Where it does not.* Scale (a {n_params:,}-parameter transformer, {n_experts} experts, 16 tokens
+per example, about {n_train:,} training images per task, against T5-XL with 36 or 166 experts and
+T0/BIG-bench prompts); tokens are image patches, not words, and there is no generation
+(classification only); the held-out tasks are compositions by construction, while the paper's held-
+out tasks are new tasks whose relation to held-in ones is unknown; the paper's experts come from a
+multitask prompt collection with many near-duplicate tasks, so retrieval-style routing has more to
+find there; a vision transformer over digits has no counterpart of T5's pre-training, so the base
+model's representation of transformed inputs is weak. Numbers are from CPU runs with {seeds}
+seed(s); the spread is seed to seed (base model, experts, gates and retrieval store all reseeded).
 """
 
 
@@ -159,7 +161,13 @@ def render(results: Sequence[dict], run: dict, tables: dict, df: pd.DataFrame, m
         f"{cfg['retrieval_per_task']} training examples per expert and embeds with the base "
         "model's pooled representation (cosine nearest neighbour).",
         "",
-        FAIRNESS,
+        FAIRNESS.format(
+            held_in=", ".join(t.name for t in HELD_IN),
+            held_out=", ".join(t.name for t in HELD_OUT),
+            shift=LABEL_SHIFT, width=cfg["width"], depth=cfg["depth"], heads=cfg["heads"],
+            n_modules=len(r0["modules"]), n_params=_n_base_params(cfg), rank=cfg["rank"],
+            n_experts=len(r0["experts"]), n_train=len(load_split().y_train),
+            seeds=len(results)),
         "## Results",
         "",
         "### Held-out (zero-shot) accuracy, % (mean ± sd over seeds)",
@@ -216,6 +224,11 @@ def render(results: Sequence[dict], run: dict, tables: dict, df: pd.DataFrame, m
         "",
     ]
     return "\n".join(parts)
+
+
+def _n_base_params(cfg: dict) -> int:
+    """Parameter count of the base model built from the run's config."""
+    return sum(p.numel() for p in build_base(TrainConfig(**cfg)).parameters())
 
 
 def _table(t: pd.DataFrame) -> str:
