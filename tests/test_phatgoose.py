@@ -425,3 +425,7 @@ def test_quick_end_to_end_and_resume(tmp_path, monkeypatch):
     again = json.loads(evals[0].read_text())
     assert again["accuracy"] == first["accuracy"]
     assert "PHATGOOSE" in (out / "README.md").read_text()
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert [r["fresh_seeds"] for r in runs] == [2, 1]
+    half = again["diagnostics"]["own_expert_half_weight"]
+    assert set(half) == {t.name for t in HELD_IN} and all(0 <= v <= 1 for v in half.values())

@@ -72,6 +72,16 @@ METHODS = ("base", *ROUTERS, "retrieval", "merged", "multitask", "oracle", "best
 CACHE_VERSION = 1
 
 
+class FixedWeight:
+    """Router giving every token of every module one expert with a fixed weight."""
+
+    def __init__(self, expert: int, weight: float) -> None:
+        self.expert, self.weight = expert, weight
+
+    def weights(self, name, u, module=None):
+        return torch.full((*u.shape[:-1], 1), self.weight, dtype=u.dtype), (self.expert,)
+
+
 def config_key(cfg: TrainConfig) -> str:
     """Hash of everything that changes a cached stage (config, task family, cache version)."""
     blob = json.dumps({"cfg": cfg.to_dict(), "held_in": [t.ops for t in HELD_IN],
@@ -240,13 +250,19 @@ def evaluate_seed(cfg: TrainConfig, seed: int, cache: Path, log=print) -> dict:
             "share": share.tolist(), "oracle_agreement": float(share[orc]),
             "constituent_mass": float(share[cons].sum()) if cons else float("nan")}
 
+    # diagnostic: each held-in task's own expert at weight 0.5 (an even top-2 split)
+    half = {}
+    for t, i in zip(HELD_IN, experts, strict=True):
+        x, y = test[t.name]
+        half[t.name] = accuracy(model, x, y, Routed(FixedWeight(i, 0.5)))
     n_expert = sum(m.A[0].numel() + m.B[0].numel() for m in lora_modules(model))
     n_gate = sum(m.gate[0].numel() for m in lora_modules(model))
     result = {
         "seed": seed, "config": cfg.to_dict(), "tasks": tasks, "held_in": names_in,
         "held_out": out_names, "experts": names_in, "modules": [m.name for m in
                                                                 lora_modules(model)],
-        "accuracy": acc, "expert_matrix": matrix.tolist(),
+        "accuracy": acc, "diagnostics": {"own_expert_half_weight": half},
+        "expert_matrix": matrix.tolist(),
         "oracle": {n: names_in[int(orc_rows[c])] for c, n in enumerate(tasks)},
         "best_individual": names_in[bi_row], "routing": routing, "timings": timings,
         "steps": {"base": cfg.base_steps, "expert": cfg.expert_steps, "gate": cfg.n_gate_steps,
@@ -282,12 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(ns.cache) if ns.cache else Path("results/neural/cache/phatgoose")
     cache = cache / config_key(cfg)
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
-    results = []
+    results, fresh = [], 0
     for seed in range(seeds):
         print(f"seed {seed} ...", flush=True)
+        fresh += not (cache / f"seed{seed}" / "eval.json").exists()
         results.append(evaluate_seed(cfg, seed, cache / f"seed{seed}"))
     seconds = time.perf_counter() - t0
-    run = {"seconds": seconds, "load_start": load0, "load_end": os.getloadavg()[0],
+    run = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": seconds,
+           "fresh_seeds": fresh, "load_start": load0, "load_end": os.getloadavg()[0],
            "threads": ns.threads, "quick": ns.quick, "seeds": seeds,
            "cpu_count": os.cpu_count(), "command": "python -m simstudy neural phatgoose "
            + " ".join(argv or [])}

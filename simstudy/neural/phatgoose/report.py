@@ -82,18 +82,23 @@ def to_csv_frame(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def routing_table(results: Sequence[dict]) -> pd.DataFrame:
-    """Per router and held-out task: normalised entropy, Oracle agreement, constituent mass."""
+    """Per router and task (held-out, then held-in): normalised entropy, Oracle agreement and
+    constituent mass, mean over seeds. On a held-in task the Oracle is (nearly always) the task's
+    own expert, so its agreement says how often the router finds the expert trained for the
+    data."""
     rows = []
     for r in results:
         for method, per_task in r["routing"].items():
-            for task in r["held_out"]:
-                s = per_task[task]
-                rows.append({"method": LABELS[method], "task": task, "seed": r["seed"],
-                             "mean_entropy": s.get("mean_entropy", np.nan),
-                             "oracle_agreement": s["oracle_agreement"],
-                             "constituent_mass": s["constituent_mass"]})
+            for split, tasks in (("held_out", r["held_out"]), ("held_in", r["held_in"])):
+                for task in tasks:
+                    s = per_task[task]
+                    rows.append({"method": LABELS[method], "split": split, "task": task,
+                                 "seed": r["seed"],
+                                 "mean_entropy": s.get("mean_entropy", np.nan),
+                                 "oracle_agreement": s["oracle_agreement"],
+                                 "constituent_mass": s["constituent_mass"]})
     df = pd.DataFrame(rows)
-    return df.groupby(["method", "task"], sort=False)[
+    return df.groupby(["split", "method", "task"], sort=False)[
         ["mean_entropy", "oracle_agreement", "constituent_mass"]].mean()
 
 
@@ -171,11 +176,20 @@ def plot_routing(result: dict, method: str, path: Path) -> None:
 
 
 def write_all(results: Sequence[dict], run: dict, out: Path, figures: bool = True) -> None:
-    """Write every table, figure and the README under ``out``."""
+    """Write every table, figure and the README under ``out``.
+
+    ``run`` describes this invocation; it is appended to ``out/runs.jsonl`` so that the README
+    can report the wall time of the invocation that actually trained the stages.
+    """
+    import json
+
     from simstudy.neural.phatgoose.bench import METHODS, ROUTERS
     from simstudy.neural.phatgoose.readme import render
 
     out.mkdir(parents=True, exist_ok=True)
+    with open(out / "runs.jsonl", "a") as fh:
+        fh.write(json.dumps(run) + "\n")
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines() if line]
     df = tidy(results)
     df.to_csv(out / "accuracy_long.csv", index=False)
     tables = {
@@ -195,10 +209,14 @@ def write_all(results: Sequence[dict], run: dict, out: Path, figures: bool = Tru
                        index=r0["experts"], columns=r0["tasks"])
     mat.to_csv(out / "expert_task_matrix.csv")
     md = {
-        "routing": to_markdown(rt.reset_index().set_index(["method"]), "method"),
+        "routing": to_markdown(rt.loc["held_out"].reset_index().set_index("method"), "method"),
+        "routing_in": to_markdown(
+            rt.loc["held_in"].drop(columns="constituent_mass").reset_index().set_index("method"),
+            "method"),
         "compute": to_markdown(ct, "seed"),
         "matrix": to_markdown(mat.map(lambda v: round(100 * v, 1)), "expert \\ task"),
     }
+    (out / "routing_held_in.md").write_text(md["routing_in"] + "\n")
     for k in ("routing", "compute"):
         (out / f"{k}.md").write_text(md[k] + "\n")
     (out / "expert_task_matrix.md").write_text(md["matrix"] + "\n")
@@ -209,4 +227,4 @@ def write_all(results: Sequence[dict], run: dict, out: Path, figures: bool = Tru
         for m in ROUTERS:
             plot_routing(r0, m, out / f"routing_{m}.png")
             figs.append(f"routing_{m}.png")
-    (out / "README.md").write_text(render(results, run, tables, df, md, figs))
+    (out / "README.md").write_text(render(results, run, tables, df, md, figs, runs=runs))
