@@ -158,19 +158,20 @@ def plot_routing(result: dict, method: str, path: Path) -> None:
     tasks = result["held_out"]
     cols = 3
     rows = int(np.ceil(len(tasks) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.8 * rows), squeeze=False,
+                             layout="constrained")
     for ax, task in zip(axes.flat, tasks, strict=False):
         dist = result["routing"][method][task]["distribution"]
         mat = np.array([dist[m] for m in result["modules"]])
-        ax.imshow(mat, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_title(f"{task} (oracle: {result['oracle'][task]})", fontsize=8)
         ax.set_xticks(range(len(result["experts"])), result["experts"], rotation=45,
                       ha="right", fontsize=7)
         ax.set_yticks(range(len(result["modules"])), result["modules"], fontsize=6)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="mean top-2 weight")
     fig.suptitle(f"{LABELS[method]}: mean routing weight per module (seed {result['seed']})")
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
