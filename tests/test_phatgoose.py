@@ -429,3 +429,7 @@ def test_quick_end_to_end_and_resume(tmp_path, monkeypatch):
     assert [r["fresh_seeds"] for r in runs] == [2, 1]
     half = again["diagnostics"]["own_expert_half_weight"]
     assert set(half) == {t.name for t in HELD_IN} and all(0 <= v <= 1 for v in half.values())
+    long_gates = again["diagnostics"]["long_gates"]
+    assert long_gates["gate_steps"] == 10 * first["steps"]["gate"]
+    assert set(long_gates["accuracy"]) == set(first["accuracy"]["phatgoose"])
+    assert len(list(cache.glob("*/seed0/gate-long-rot90.pt"))) == 1

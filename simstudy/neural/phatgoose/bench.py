@@ -15,6 +15,7 @@ import json
 import os
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,7 @@ QUICK = TrainConfig(width=32, base_steps=150, expert_steps=60, multitask_steps=1
 ROUTERS = ("phatgoose", "average_activation", "arrow")
 METHODS = ("base", *ROUTERS, "retrieval", "merged", "multitask", "oracle", "best_individual")
 CACHE_VERSION = 1
+LONG_GATE_FACTOR = 10
 
 
 class FixedWeight:
@@ -189,6 +191,47 @@ def build_seed(cfg: TrainConfig, seed: int, cache: Path, log=print):
     return model, data, experts, mt, timings
 
 
+def long_gate_ablation(model, cfg, seed, cache, data, experts, tasks, names_in, orc_rows,
+                       log=print) -> dict:
+    """Ablation: PHATGOOSE with gates trained ``LONG_GATE_FACTOR`` times longer (cached stage).
+
+    Answers whether a too-short gate step explains poor routing. The model's own gates are
+    restored afterwards.
+    """
+    steps = LONG_GATE_FACTOR * cfg.n_gate_steps
+    long_cfg = replace(cfg, gate_steps=steps)
+    saved = {m.name: [m.gate[i].detach().clone() for i in experts] for m in lora_modules(model)}
+    secs = {}
+    for t, i in zip(HELD_IN, experts, strict=True):
+        path = cache / f"gate-long-{t.name}.pt"
+        if path.exists():
+            st = torch.load(path)
+            for m in lora_modules(model):
+                m.gate[i].data.copy_(st["gate"][m.name])
+        else:
+            for m in lora_modules(model):
+                m.gate[i].data.zero_()
+            (x, y), _ = data[t.name]
+            sec = train_gate(model, i, long_cfg, x, y, stage_generator(seed, f"gate-long-{t.name}"))
+            st = {"gate": {m.name: m.gate[i].detach().clone() for m in lora_modules(model)},
+                  "seconds": sec}
+            _save(st, path)
+            log(f"  seed {seed}: long gate {t.name} trained in {sec:.1f}s")
+        secs[t.name] = st["seconds"]
+    router = phatgoose_router(model, experts, top_k=cfg.top_k, record=True)
+    acc, agree = {}, {}
+    for name in tasks:
+        x, y = data[name][1]
+        router.reset_stats()
+        acc[name] = float((predict(model, x, Routed(router)) == y).float().mean())
+        orc = int(orc_rows[tasks.index(name)])
+        agree[name] = routing_summary(router.stats, oracle=orc)["oracle_agreement"]
+    for m in lora_modules(model):
+        for j, i in enumerate(experts):
+            m.gate[i].data.copy_(saved[m.name][j])
+    return {"gate_steps": steps, "accuracy": acc, "oracle_agreement": agree, "seconds": secs}
+
+
 def evaluate_seed(cfg: TrainConfig, seed: int, cache: Path, log=print) -> dict:
     """All methods on all tasks for one seed (cached as ``eval.json``)."""
     path = cache / "eval.json"
@@ -255,13 +298,16 @@ def evaluate_seed(cfg: TrainConfig, seed: int, cache: Path, log=print) -> dict:
     for t, i in zip(HELD_IN, experts, strict=True):
         x, y = test[t.name]
         half[t.name] = accuracy(model, x, y, Routed(FixedWeight(i, 0.5)))
+    long_gates = long_gate_ablation(model, cfg, seed, cache, data, experts, tasks, names_in,
+                                    orc_rows, log)
     n_expert = sum(m.A[0].numel() + m.B[0].numel() for m in lora_modules(model))
     n_gate = sum(m.gate[0].numel() for m in lora_modules(model))
     result = {
         "seed": seed, "config": cfg.to_dict(), "tasks": tasks, "held_in": names_in,
         "held_out": out_names, "experts": names_in, "modules": [m.name for m in
                                                                 lora_modules(model)],
-        "accuracy": acc, "diagnostics": {"own_expert_half_weight": half},
+        "accuracy": acc,
+        "diagnostics": {"own_expert_half_weight": half, "long_gates": long_gates},
         "expert_matrix": matrix.tolist(),
         "oracle": {n: names_in[int(orc_rows[c])] for c, n in enumerate(tasks)},
         "best_individual": names_in[bi_row], "routing": routing, "timings": timings,

@@ -141,7 +141,8 @@ def per_task_notes(df: pd.DataFrame) -> str:
 def diagnosis(results: Sequence[dict], df: pd.DataFrame) -> str:
     """Why routing does (not) recover the experts: held-in routing agreement and scale loss."""
     own = df[(df.split == "held_in") & (df.method == "oracle")].accuracy.mean()
-    lines = []
+    n_experts = len(results[0]["experts"])
+    lines = [f"Chance level for top-1 agreement is 1/{n_experts} = {100 / n_experts:.0f}%.", ""]
     for m in ("phatgoose", "average_activation", "arrow", "retrieval"):
         agree = np.mean([r["routing"][m][t]["oracle_agreement"] for r in results
                          for t in r["held_in"]])
@@ -157,6 +158,22 @@ def diagnosis(results: Sequence[dict], df: pd.DataFrame) -> str:
                      f"even top-2 split leaves of it) scores {100 * np.mean(half):.1f}% on held-in "
                      f"tasks against {100 * own:.1f}% at weight 1, so even perfect top-2 routing "
                      "loses accuracy when the two weights are close.")
+    longs = [r["diagnostics"]["long_gates"] for r in results
+             if "long_gates" in r.get("diagnostics", {})]
+    if longs:
+        r0 = results[0]
+        hi = np.mean([lg["accuracy"][t] for lg in longs for t in r0["held_in"]])
+        ho = np.mean([lg["accuracy"][t] for lg in longs for t in r0["held_out"]])
+        ag = np.mean([lg["oracle_agreement"][t] for lg in longs for t in r0["held_in"]])
+        pg_hi = df[(df.split == "held_in") & (df.method == "phatgoose")].accuracy.mean()
+        pg_ho = df[(df.split == "held_out") & (df.method == "phatgoose")].accuracy.mean()
+        lines.append(
+            f"- Longer gates (ablation): with gates trained {longs[0]['gate_steps']} steps (as "
+            f"many as the expert, instead of a tenth) PHATGOOSE sends {100 * ag:.0f}% of "
+            f"held-in tokens to the own expert and scores {100 * hi:.1f}% held-in, "
+            f"{100 * ho:.1f}% held-out (standard gates: {100 * pg_hi:.1f}% and "
+            f"{100 * pg_ho:.1f}%), so a too-short gate step is "
+            + ("not the explanation." if hi - pg_hi < 0.05 else "part of the explanation."))
     return "\n".join(lines)
 
 
@@ -192,9 +209,11 @@ def render(results: Sequence[dict], run: dict, tables: dict, df: pd.DataFrame, m
         f"Run: {run['seeds']} seed(s), {'quick' if run['quick'] else 'full'} sizes, "
         f"{run['threads']} torch thread(s), {run['cpu_count']} CPUs shared with other jobs "
         f"(1-min load average {run['load_start']:.1f} at start, {run['load_end']:.1f} at end). "
-        f"This invocation took {run['seconds']:.0f} s of wall time; the training stages it "
-        f"used took {train_s:.0f} s in total when they were run (a cached rerun only re-reads "
-        "them). Timings are noisy on the shared machine.",
+        f"The latest invocation took {run['seconds']:.0f} s of wall time "
+        f"({run.get('fresh_seeds', '?')} seed(s) evaluated afresh); the training stages used took "
+        f"{train_s:.0f} s in total when they were run (a cached rerun only re-reads them; see "
+        "the invocation list for the run that trained them). Timings are noisy on the shared "
+        "machine.",
         "",
         invocations(runs),
         "",
@@ -273,7 +292,7 @@ def render(results: Sequence[dict], run: dict, tables: dict, df: pd.DataFrame, m
     parts += [
         "Files: heldout_accuracy.{csv,md}, heldin_accuracy.{csv,md}, base_task_accuracy."
         "{csv,md}, accuracy_long.csv (every seed, method, task), expert_task_matrix.{csv,md}, "
-        "routing.{csv,md}, compute.{csv,md}.",
+        "routing.{csv,md}, routing_held_in.md, compute.{csv,md}, runs.jsonl (invocations).",
         "",
     ]
     return "\n".join(parts)
