@@ -29,13 +29,34 @@ lint: install
 bench: install
 	$(PY) -m benchmarks
 
+# full-scale studies (resumable: rerunning computes only missing tasks), then the reports
+STUDIES ?= topk_exact topk_over topk_kbar_sweep topk_K_sweep dense_exact dense_over
+STUDY_SPECS = $(addprefix studies/,$(addsuffix .toml,$(STUDIES)))
+SIMSTUDY := $(PY) -m simstudy
+
 study: install
-	@echo "make study: the full-scale studies are not wired up yet (issue 6)." >&2; exit 2
+	for s in $(STUDY_SPECS); do $(SIMSTUDY) run $$s --jobs $(JOBS) || exit 1; done
+	$(SIMSTUDY) report $(STUDY_SPECS) --out results
+	$(SIMSTUDY) neural routers
+	$(SIMSTUDY) neural jei-dnn
+	$(SIMSTUDY) neural phatgoose
 
-study-quick: study
+# the quick variant of the main job: the small CI study and the neural benchmarks' quick sizes
+study-quick: install
+	$(SIMSTUDY) run studies/ci.toml --jobs $(JOBS)
+	$(SIMSTUDY) report studies/ci.toml --out results/quick
+	$(SIMSTUDY) neural routers --quick --out results/quick/neural/routers
+	$(SIMSTUDY) neural jei-dnn --quick --out results/quick/neural/jei_dnn
+	$(SIMSTUDY) neural phatgoose --quick --out results/quick/neural/phatgoose
 
+# CI rate check: fails on a slope inconsistent with theory or moved from the reference
 check: install
-	$(PY) -m simstudy check studies/ci.toml
+	$(SIMSTUDY) check studies/ci.toml --jobs $(JOBS) --reference results/ci_reference.json
+
+# rewrite the committed reference slopes (explicit, never automatic); commit the result
+ci-reference: install
+	$(SIMSTUDY) check studies/ci.toml --jobs $(JOBS) --reference results/ci_reference.json \
+		--update-reference
 
 coverage: install
 	NUMBA_DISABLE_JIT=1 $(PY) -m coverage run -m pytest -q -p no:xdist && $(PY) -m coverage report

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks import bench_em
+from benchmarks import bench_em, bench_engine
 
-BENCHMARKS = {"em": bench_em}
+BENCHMARKS = {"em": bench_em, "engine": bench_engine}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,74 @@
+"""Small helpers shared by the neural benchmarks: threads, seeding, tables and JSON I/O."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["set_threads", "seed_everything", "write_table", "read_json", "write_json"]
+
+
+def set_threads(n: int = 1) -> None:
+    """Limit torch's intra-op threads (the machines are shared; the spec asks for <= 2)."""
+    import torch
+
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"threads: must be an integer >= 1, got {n!r}")
+    torch.set_num_threads(int(n))
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed python, numpy and torch; return a numpy Generator for explicit use."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 -- legacy global state, seeded for libraries
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def write_table(df, path_stem: Path, floatfmt: str = ".4g") -> tuple[Path, Path]:
+    """Write a pandas DataFrame as ``<stem>.csv`` and a GitHub markdown ``<stem>.md``."""
+    path_stem = Path(path_stem)
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    csv = path_stem.with_suffix(".csv")
+    md = path_stem.with_suffix(".md")
+    df.to_csv(csv, index=False)
+    md.write_text(markdown_table(df, floatfmt) + "\n")
+    return csv, md
+
+
+def markdown_table(df, floatfmt: str = ".4g") -> str:
+    """A markdown table without the optional ``tabulate`` dependency."""
+
+    def fmt(x) -> str:
+        if isinstance(x, float | np.floating):
+            return format(float(x), floatfmt)
+        return str(x)
+
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(fmt(x) for x in row) + " |")
+    return "\n".join(lines)
+
+
+def read_json(path: Path):
+    """Load a JSON file, or None when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (temp file + rename), so an interrupted run leaves no torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)

@@ -1,0 +1,164 @@
+"""The command line: status, replay, export, list, forwarding, one-line user errors."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from simstudy.cli import main
+from simstudy.engine import TIDY_COLUMNS, load_results, load_spec, store_path
+
+DATA = Path(__file__).parent / "data"
+SMALL = DATA / "engine_small.toml"
+ROOT = Path(__file__).resolve().parents[1]
+FAKE = ["--task", "simstudy.engine.fakes:failing_fake_task"]
+
+
+@pytest.fixture()
+def store(tmp_path):
+    assert main(["run", str(SMALL), "--jobs", "1", "--no-progress", "--store-dir",
+                 str(tmp_path), *FAKE]) == 0
+    return tmp_path
+
+
+def test_run_prints_summary(tmp_path, capsys):
+    assert main(["run", str(SMALL), "--jobs", "1", "--no-progress", "--store-dir",
+                 str(tmp_path), *FAKE]) == 0
+    out = capsys.readouterr().out
+    assert "engine_small: finished: 18 task(s) done now" in out and "6 failed" in out
+
+
+def test_status_table(store, capsys):
+    spec = load_spec(SMALL)
+    assert main(["status", str(SMALL), "--store-dir", str(store)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["condition", "label", "protocol", "n", "done", "missing", "failed",
+                              "non_conv", "degenerate"]
+    rows = [line.split() for line in out[1:-1]]
+    assert [r[0] for r in rows] == [c.condition_id for c in spec.conditions()]
+    assert all(r[4] == "3" and r[5] == "0" and r[6] == "1" for r in rows)
+    assert out[-1].startswith("engine_small: 18/18 tasks done, 0 missing, 6 failed")
+
+
+def test_status_without_store(tmp_path, capsys):
+    assert main(["status", str(SMALL), "--store-dir", str(tmp_path)]) == 0
+    assert "0/18 tasks done, 18 missing" in capsys.readouterr().out
+
+
+def test_replay_matches_and_detects_a_changed_row(store, capsys):
+    cond = load_spec(SMALL).conditions()[3]
+    args = ["replay", str(SMALL), "--store-dir", str(store), "--condition",
+            cond.condition_id[:6], "--rep", "2", *FAKE]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "equals stored row: yes" in out and "loglik:" in out and "hellinger" in out
+    assert main(args[:-3] + ["1", *FAKE]) == 0  # the error row replays too
+    assert "RuntimeError: injected failure" in capsys.readouterr().out
+    with sqlite3.connect(store_path("engine_small", store)) as conn:
+        conn.execute("UPDATE tasks SET loglik = loglik + 1e-9 WHERE condition_id = ? AND rep = 2",
+                     (cond.condition_id,))
+    assert main(args) == 1
+    assert "equals stored row: NO (differs in loglik)" in capsys.readouterr().out
+
+
+def test_replay_errors(store, capsys):
+    assert main(["replay", str(SMALL), "--store-dir", str(store), "--condition", "zzzz",
+                 "--rep", "0"]) == 2
+    assert "no condition with id 'zzzz'" in capsys.readouterr().err
+    cid = load_spec(SMALL).conditions()[0].condition_id
+    assert main(["replay", str(SMALL), "--store-dir", str(store), "--condition", cid,
+                 "--rep", "3"]) == 2
+    assert "--rep: must be in 0..2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_export(store, tmp_path, fmt, capsys):
+    out = tmp_path / f"x.{fmt}"
+    assert main(["export", str(SMALL), "--store-dir", str(store), "--format", fmt,
+                 "--out", str(out)]) == 0
+    df = pd.read_csv(out, keep_default_na=False, na_values=[""]) if fmt == "csv" \
+        else pd.read_parquet(out)
+    assert list(df.columns[: len(TIDY_COLUMNS)]) == list(TIDY_COLUMNS)
+    assert {"hellinger", "tv", "loss_note"} <= set(df.columns) and len(df) == 18
+    ref = load_results(SMALL, store_dir=store)
+    pd.testing.assert_series_equal(df["loglik"], ref["loglik"])
+    assert list(df["condition_id"]) == list(ref["condition_id"])
+    assert "wrote 18 rows" in capsys.readouterr().out
+
+
+def test_export_without_results(tmp_path, capsys):
+    assert main(["export", str(SMALL), "--store-dir", str(tmp_path)]) == 2
+    assert "no results yet" in capsys.readouterr().err
+
+
+def test_list(store, tmp_path, capsys):
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / "engine_small.toml").write_text(SMALL.read_text())
+    (studies / "broken.toml").write_text("[study]\nname = 'broken'\n")
+    assert main(["list", "--studies-dir", str(studies), "--store-dir", str(store)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:4] == ["name", "conditions", "tasks", "done"]
+    small = [line for line in out if line.startswith("engine_small")][0].split()
+    assert small[1:4] == ["6", "18", "18"] and "Tiny" in small
+    broken = [line for line in out if line.startswith("broken")][0]
+    assert "INVALID" in broken
+
+
+def test_forwarding_when_reports_missing(capsys, monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def fake_import(name, *a, **k):
+        if name.startswith("simstudy.reports"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", fake_import)
+    assert main(["check", "studies/ci.toml"]) == 2
+    assert "simstudy.reports.check is not available" in capsys.readouterr().err
+    assert main(["report", "x.toml"]) == 2
+    assert "simstudy.reports.build is not available" in capsys.readouterr().err
+
+
+def test_forwarding_passes_argv(monkeypatch):
+    import importlib
+    import types
+
+    seen = {}
+    module = types.SimpleNamespace(main=lambda argv: seen.setdefault("argv", argv) and 3)
+    real = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module",
+                        lambda name, *a, **k: module if name == "simstudy.reports.check"
+                        else real(name, *a, **k))
+    assert main(["check", "studies/ci.toml", "--update-reference"]) == 3
+    assert seen["argv"] == ["studies/ci.toml", "--update-reference"]
+
+
+def test_user_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[study]\nname = 'bad'\nroot_seed = 1\nreplications = 'x'\n")
+    for args in (["run", str(bad)], ["status", str(tmp_path / "missing.toml")],
+                 ["run", str(SMALL), "--task", "nomodule:fn", "--store-dir", str(tmp_path)]):
+        proc = subprocess.run([sys.executable, "-m", "simstudy", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "key 'study.replications': expected an integer" in \
+        subprocess.run([sys.executable, "-m", "simstudy", "run", str(bad)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120).stderr
+
+
+def test_help_documents_every_option():
+    proc = subprocess.run([sys.executable, "-m", "simstudy", "run", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    for option in ("--jobs", "--backend", "--scheduler", "--force-new", "--no-progress",
+                   "--store-dir", "--retry-errors", "--task"):
+        assert option in proc.stdout
