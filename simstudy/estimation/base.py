@@ -24,7 +24,9 @@ from simstudy.estimation.result import ConvergenceWarning, FitResult
 
 __all__ = ["BaseEM", "ACCELERATIONS"]
 
-ACCELERATIONS = (None, "squarem")
+ACCELERATIONS = (None, "squarem", "lbfgs")
+#: relative log-likelihood change below which the "lbfgs" acceleration switches to the polish
+POLISH_SWITCH = 1e-6
 
 
 def _check_number(name, value, *, low=None, integer=False, allow_none=False, strict=True):
@@ -53,7 +55,11 @@ class BaseEM(ABC):
         observed log-likelihood is <= grad_tol (strict convergence, stop_reason "strict").
     max_iter : int
         Maximum iterations per restart (an accelerated iteration is one SQUAREM cycle).
-    acceleration : None or "squarem"
+    acceleration : None, "squarem" or "lbfgs"
+        "squarem": every iteration is a monotone SQUAREM cycle. "lbfgs" (needs grad_tol):
+        plain EM until the relative change is <= max(tol, 1e-6), then one quasi-Newton
+        polish of the observed log-likelihood (kept only if it does not lower it), then
+        SQUAREM cycles until the strict rule certifies the point.
     n_init : int
         Restarts; the one with the largest final log-likelihood is kept.
     random_state : None, int, numpy.random.SeedSequence or numpy.random.Generator
@@ -105,6 +111,9 @@ class BaseEM(ABC):
             raise ValueError(
                 f"acceleration: unknown method {self.acceleration!r}; allowed: {ACCELERATIONS}"
             )
+        if self.acceleration == "lbfgs" and self.grad_tol is None:
+            raise ValueError("acceleration: 'lbfgs' polishes towards strict convergence, so it "
+                             "needs grad_tol")
         rs = self.random_state
         if not (
             rs is None
@@ -121,9 +130,10 @@ class BaseEM(ABC):
         """Iterate from ``theta`` until a stopping rule; return the restart's record."""
         tol, grad_tol, max_iter = float(self.tol), self.grad_tol, int(self.max_iter)
         sq_state = SquaremState() if self.acceleration == "squarem" else None
+        polish_pending = self.acceleration == "lbfgs"
         l_cur = self._loglik(theta)
         trace = [l_cur]
-        n_iter = n_steps = 0
+        n_iter = n_steps = n_polish = 0
         stop = "max_iter"
         if not np.isfinite(l_cur):
             stop = "non_finite"
@@ -146,12 +156,26 @@ class BaseEM(ABC):
                 # is computed at the new point before declaring strict convergence
                 elif out.grad_norm_in <= 10.0 * grad_tol and self._grad_norm(theta) <= grad_tol:
                     stop = "strict"
+            switch = max(tol, POLISH_SWITCH) * abs(l_prev)
+            if stop == "max_iter" and polish_pending and abs(l_cur - l_prev) <= switch:
+                polish_pending = False
+                sq_state = SquaremState()  # certify the polished point with SQUAREM cycles
+                res = self._polish(theta, max_iter)
+                if res is not None:
+                    theta_p, l_p, n_evals = res
+                    n_polish += n_evals
+                    # monotone safeguard: keep the polish only if it does not lower l
+                    if np.isfinite(l_p) and l_p >= l_cur and self._valid(theta_p):
+                        theta, l_cur = theta_p, l_p
+                        trace.append(l_cur)
+                        n_iter += 1
         return {
             "theta": theta,
             "loglik": l_cur,
             "trace": np.asarray(trace),
             "n_iter": n_iter,
             "n_steps": n_steps,
+            "n_polish": n_polish,
             "stop": stop,
         }
 
@@ -198,6 +222,7 @@ class BaseEM(ABC):
             flags=flags,
             seconds=time.perf_counter() - t0,
             n_em_steps=best["n_steps"],
+            n_polish_evals=best["n_polish"],
             n_init=int(self.n_init),
             best_restart=best_idx,
         )

@@ -31,7 +31,8 @@ class FitResult:
     loglik_trace : numpy.ndarray
         Log-likelihood at the start and after every iteration (of the kept restart).
     n_iter : int
-        Iterations run (an accelerated iteration is one SQUAREM cycle, see ``n_em_steps``).
+        Iterations run (an accelerated iteration is one SQUAREM cycle, see ``n_em_steps``; a
+        quasi-Newton polish counts as one).
     converged : bool
         True when the stopping rule (``"tol"`` or ``"strict"``) stopped the fit.
     stop_reason : str
@@ -47,6 +48,8 @@ class FitResult:
         Wall time of the whole fit (all restarts).
     n_em_steps : int
         EM-map evaluations of the kept restart (equals ``n_iter`` without acceleration).
+    n_polish_evals : int
+        Log-likelihood/gradient evaluations of the quasi-Newton polish (``"lbfgs"``).
     n_init : int
         Restarts run; ``best_restart`` is the index of the kept one.
     """
@@ -61,6 +64,7 @@ class FitResult:
     flags: dict = field(default_factory=dict)
     seconds: float = 0.0
     n_em_steps: int = 0
+    n_polish_evals: int = 0
     n_init: int = 1
     best_restart: int = 0
 
@@ -85,6 +89,7 @@ class FitResult:
             "status": self.status,
             "seconds": float(self.seconds),
             "n_em_steps": int(self.n_em_steps),
+            "n_polish_evals": int(self.n_polish_evals),
             "n_init": int(self.n_init),
             "best_restart": int(self.best_restart),
         }
