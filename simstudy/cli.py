@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-errors", action="store_true",
                    help="rerun tasks stored with status 'error'")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--max-reps", type=int, default=None, metavar="R",
+                   help="staged run: only replications 0..R-1 of every condition (a later run "
+                   "without it completes the rest)")
     p.add_argument("--task", metavar="MODULE:FUNC", default=None,
                    help="advanced: replace the task function (e.g. "
                    "simstudy.engine.fakes:fake_task to exercise the engine without fitting)")
@@ -151,7 +154,7 @@ def _cmd_run(args) -> int:
     summary = run_study(args.spec, jobs=args.jobs, backend=args.backend,
                         scheduler=args.scheduler, progress=not args.no_progress,
                         force_new=args.force_new, retry_errors=args.retry_errors,
-                        store_dir=args.store_dir, task_fn=task_fn)
+                        store_dir=args.store_dir, task_fn=task_fn, max_reps=args.max_reps)
     print(summary.line())
     return 0
 

@@ -289,3 +289,19 @@ def test_malformed_task_result_is_an_error(tmp_path):
     assert summary.failed == 18 and (df["status"] == "error").all()
     assert df.loc[df["rep"] == 0, "message"].str.contains("got 'fine'").all()
     assert df.loc[df["rep"] == 1, "message"].str.contains("got 'NoneType'").all()
+
+
+def test_staged_run_keeps_whole_replications_and_completes_later(reference, tmp_path):
+    _, ref_df = reference
+    spec = load_spec(SMALL)
+    reps = [t.rep for t in spec.tasks()]
+    assert reps == sorted(reps), "tasks must be replication-major"
+    first = run(SMALL, tmp_path, jobs=1, max_reps=1)
+    n_conditions = len(spec.conditions())
+    assert first.run == n_conditions
+    assert set(load_results(SMALL, store_dir=tmp_path)["rep"]) == {0}
+    rest = run(SMALL, tmp_path, jobs=1)
+    assert rest.skipped == n_conditions and rest.run == first.total * spec.replications - n_conditions
+    pd.testing.assert_frame_equal(comparable(load_results(SMALL, store_dir=tmp_path)), ref_df)
+    with pytest.raises(ValueError, match="max_reps: expected a positive integer"):
+        run(SMALL, tmp_path, max_reps=0)

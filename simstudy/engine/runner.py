@@ -145,7 +145,8 @@ def _open_store(spec: StudySpec, store_dir, force_new: bool) -> ResultStore:
 
 def run_study(spec_or_path, jobs: int | None = None, backend: str = "loky", scheduler=None,
               progress: bool = True, *, force_new: bool = False, retry_errors: bool = False,
-              store_dir=None, task_fn: Callable | None = None) -> RunSummary:
+              store_dir=None, task_fn: Callable | None = None,
+              max_reps: int | None = None) -> RunSummary:
     """Run every task of a study that is not in its store yet.
 
     Parameters
@@ -171,6 +172,9 @@ def run_study(spec_or_path, jobs: int | None = None, backend: str = "loky", sche
     task_fn : callable, optional
         ``task -> result dict``; default :func:`simstudy.engine.task.run_task` (which is warmed
         up in this process first so that workers load compiled kernels from the numba cache).
+    max_reps : int, optional
+        A staged run: only replications ``0 .. max_reps - 1`` of every condition (a later run
+        without it completes the rest). Default: all replications of the spec.
 
     Returns
     -------
@@ -185,6 +189,9 @@ def run_study(spec_or_path, jobs: int | None = None, backend: str = "loky", sche
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0
                              or jobs < -1):
         raise ValueError(f"jobs: expected a positive integer or -1 (all cores), got {jobs!r}")
+    if max_reps is not None and (isinstance(max_reps, bool) or not isinstance(max_reps, int)
+                                 or max_reps < 1):
+        raise ValueError(f"max_reps: expected a positive integer, got {max_reps!r}")
     spec = resolve_spec(spec_or_path)
     default_task = task_fn is None
     task_fn = run_task if default_task else task_fn
@@ -192,7 +199,7 @@ def run_study(spec_or_path, jobs: int | None = None, backend: str = "loky", sche
     lock = _lock_store(store_path(spec.name, store_dir))
     try:
         return _run_locked(spec, jobs, backend, scheduler, progress, force_new, retry_errors,
-                           store_dir, task_fn, default_task, t0)
+                           store_dir, task_fn, default_task, t0, max_reps)
     finally:
         lock.close()  # closing the file releases the lock (so does the death of the process)
 
@@ -215,7 +222,7 @@ def _lock_store(path: Path):
 
 
 def _run_locked(spec, jobs, backend, scheduler, progress, force_new, retry_errors, store_dir,
-                task_fn, default_task, t0) -> RunSummary:
+                task_fn, default_task, t0, max_reps=None) -> RunSummary:
     store = _open_store(spec, store_dir, force_new)
     try:
         store.register(spec)
@@ -223,6 +230,8 @@ def _run_locked(spec, jobs, backend, scheduler, progress, force_new, retry_error
             store.delete(store.done_keys(["error"]))
         done = store.done_keys()
         tasks = spec.tasks()
+        if max_reps is not None:
+            tasks = [t for t in tasks if t.rep < max_reps]
         pending = [t for t in tasks if t.key not in done]
         summary = RunSummary(study=spec.name, store=store.path, total=len(tasks),
                              skipped=len(tasks) - len(pending))

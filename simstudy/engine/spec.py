@@ -410,8 +410,14 @@ class StudySpec:
         )
 
     def tasks(self) -> list[Task]:
-        """Every task: conditions x replications 0..replications-1."""
-        return [self.make_task(c, r) for c in self.conditions() for r in range(self.replications)]
+        """Every task: conditions x replications 0..replications-1, replication-major.
+
+        Replication-major order means a run stopped part-way (a time limit, a killed session)
+        leaves whole replications of every condition, a balanced design across n and fits,
+        rather than some conditions complete and others empty.
+        """
+        conditions = self.conditions()
+        return [self.make_task(c, r) for r in range(self.replications) for c in conditions]
 
 
 # -- parsing -------------------------------------------------------------------------------------
