@@ -248,7 +248,7 @@ def test_protocol_options():
     assert papers["noise_schedule"] == "papers" and papers["n_init"] == 5
     assert protocol_options("papers", 1000, over_specified=False)["n_init"] == 1
     assert strict["acceleration"] == "lbfgs" and strict["grad_tol"] > 0
-    assert strict["max_iter"] >= 20000 and strict["noise_schedule"] is None
+    assert strict["max_iter"] >= 5000 and strict["noise_schedule"] is None
     for opts in (papers, strict):
         TopKMoEEM(3, 2, true_params=DES_T.params, **opts)._check_options()
     with pytest.raises(ValueError, match="name: unknown protocol 'fast'"):
