@@ -365,6 +365,12 @@ class StudySpec:
                         "n": n,
                         "fit": fit.content(),
                         "protocol": protocol,
+                        # the protocol's resolved settings are part of the condition, so a
+                        # change of a protocol's tolerances changes the ids and the store
+                        # refuses to mix old and new fits
+                        "protocol_settings": _protocol_settings(
+                            protocol, n, fit.content()["k"] > design.params.k
+                        ),
                         "em": self.em,
                         "root_seed": self.root_seed,
                     }
@@ -418,6 +424,12 @@ class StudySpec:
         """
         conditions = self.conditions()
         return [self.make_task(c, r) for r in range(self.replications) for c in conditions]
+
+
+def _protocol_settings(protocol: str, n: int, over_specified: bool) -> dict:
+    from simstudy.estimation import protocol_options
+
+    return protocol_options(protocol, n, over_specified=over_specified)
 
 
 # -- parsing -------------------------------------------------------------------------------------
