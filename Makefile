@@ -59,7 +59,7 @@ ci-reference: install
 		--update-reference
 
 coverage: install
-	NUMBA_DISABLE_JIT=1 $(PY) -m coverage run -m pytest -q -p no:xdist && $(PY) -m coverage report
+	NUMBA_DISABLE_JIT=1 $(PY) -m coverage run --source=simstudy -m pytest -q -p no:xdist -m "not slow" && $(PY) -m coverage report
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -357,3 +357,25 @@ def test_invalid_options_raise_named_errors(kw, msg):
 def test_malformed_data_raise_named_errors(X, y, msg):
     with pytest.raises(ValueError, match=msg):
         TopKMoEEM(3, 2, true_params=T).fit(X, y)
+
+
+def test_strict_fit_stalled_at_a_selection_kink_stops_early_uncertified():
+    """Design T, k = 4, K-bar = 2, n = 1000 (seed 0): the strict fit climbs onto a point where
+    the top-K selection flips; the log-likelihood stops moving while the gradient stays large.
+    It must stop as "stalled" (not converged) within STALL_ITER flat iterations, not crawl on
+    to max_iter."""
+    from simstudy.estimation.base import STALL_ITER
+
+    D = get_design("T")
+    X, y = sample(D.params, 1000, D.inputs, np.random.default_rng(0))
+    opts = protocol_options("strict", 1000, over_specified=True)
+    with pytest.warns(ConvergenceWarning, match="stalled"):
+        res = TopKMoEEM(4, 2, true_params=D.params, extra_atoms=(0,), random_state=0,
+                        **opts).fit(X, y)
+    assert res.stop_reason == "stalled" and not res.converged
+    assert res.status == "not_converged"
+    assert res.grad_norm > opts["grad_tol"]
+    assert res.n_iter < opts["max_iter"] // 10
+    tail = res.loglik_trace[-STALL_ITER - 1 :]
+    assert np.all(np.abs(np.diff(tail)) <= opts["tol"] * np.abs(tail[:-1]))
+    assert np.all(np.diff(res.loglik_trace) >= -1e-9 * np.abs(res.loglik_trace[1:]))

@@ -159,7 +159,7 @@ def test_design_K_override(tmp_path):
         ("root_seed = 11", "root_seed = -1", ["key 'study.root_seed'", ">= 0"]),
         ("max_iter = 50", "tol = -1e-6", ["key 'em.tol'", "> 0"]),
         ("max_iter = 50", 'acceleration = "turbo"', ["key 'em.acceleration'",
-                                                     "allowed: none, squarem"]),
+                                                     "allowed: none, squarem, lbfgs"]),
         ("extra_atoms = [1]", "extra_atoms = [4]", ["key 'fit[1].extra_atoms'",
                                                     "numbered 1..3"]),
         ("extra_atoms = [1]", "extra_atoms = [1, 3]", ["key 'fit[1].extra_atoms'",

@@ -27,6 +27,11 @@ __all__ = ["BaseEM", "ACCELERATIONS"]
 ACCELERATIONS = (None, "squarem", "lbfgs")
 #: relative log-likelihood change below which the "lbfgs" acceleration switches to the polish
 POLISH_SWITCH = 1e-6
+#: strict mode: consecutive iterations with a relative change <= tol but a gradient above
+#: grad_tol after which the fit is declared stalled. Over-specified top-K fits can climb onto a
+#: point where the selection flips (a kink): the log-likelihood stops moving (changes ~1e-16)
+#: while the held-active-set gradient stays ~1e-3, so no amount of iterations certifies it.
+STALL_ITER = 50
 
 
 def _check_number(name, value, *, low=None, integer=False, allow_none=False, strict=True):
@@ -133,7 +138,7 @@ class BaseEM(ABC):
         polish_pending = self.acceleration == "lbfgs"
         l_cur = self._loglik(theta)
         trace = [l_cur]
-        n_iter = n_steps = n_polish = 0
+        n_iter = n_steps = n_polish = n_flat = 0
         stop = "max_iter"
         if not np.isfinite(l_cur):
             stop = "non_finite"
@@ -150,12 +155,17 @@ class BaseEM(ABC):
             l_prev, l_cur, theta = l_cur, out.loglik_out, out.theta
             trace.append(l_cur)
             if abs(l_cur - l_prev) <= tol * abs(l_prev):
+                n_flat += 1
                 if grad_tol is None:
                     stop = "tol"
                 # the gradient at the input of the step is a cheap pre-filter; the exact one
                 # is computed at the new point before declaring strict convergence
                 elif out.grad_norm_in <= 10.0 * grad_tol and self._grad_norm(theta) <= grad_tol:
                     stop = "strict"
+                elif n_flat >= STALL_ITER and not polish_pending:
+                    stop = "stalled"
+            else:
+                n_flat = 0
             switch = max(tol, POLISH_SWITCH) * abs(l_prev)
             if stop == "max_iter" and polish_pending and abs(l_cur - l_prev) <= switch:
                 polish_pending = False

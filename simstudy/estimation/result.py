@@ -10,7 +10,7 @@ from simstudy.model.params import MoEParams
 
 __all__ = ["FitResult", "ConvergenceWarning", "STOP_REASONS", "FLAG_KEYS"]
 
-STOP_REASONS = ("tol", "strict", "max_iter", "non_finite")
+STOP_REASONS = ("tol", "strict", "stalled", "max_iter", "non_finite")
 FLAG_KEYS = ("var_floor", "empty_expert", "non_finite")
 
 
@@ -36,7 +36,9 @@ class FitResult:
     converged : bool
         True when the stopping rule (``"tol"`` or ``"strict"``) stopped the fit.
     stop_reason : str
-        One of ``"tol"``, ``"strict"``, ``"max_iter"``, ``"non_finite"``.
+        One of ``"tol"``, ``"strict"``, ``"stalled"`` (strict mode: the log-likelihood stopped
+        moving for many iterations while the gradient stayed above grad_tol, e.g. at a point
+        where the top-K selection flips; not converged), ``"max_iter"``, ``"non_finite"``.
     grad_norm : float
         Euclidean norm of the observed log-likelihood gradient in the free parameters (active
         sets held, variances on the log scale), divided by n, at ``params``.
