@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks import bench_em, bench_engine
+from benchmarks import bench_em, bench_engine, bench_losses
 
-BENCHMARKS = {"em": bench_em, "engine": bench_engine}
+BENCHMARKS = {"em": bench_em, "engine": bench_engine, "losses": bench_losses}
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
-"""Accuracy and timing figures of the losses (run by hand, not collected by pytest).
+"""Accuracy and timing figures of the losses.
 
-    python -m tests.bench_losses
+    python -m benchmarks --only losses      (or: python -m benchmarks.bench_losses)
 
 Prints (1) the largest deviation of h^2 and TV from adaptive quadrature (tests/naive_losses.py)
 over many x and random fits on designs T and S, and (2) the time per call of compute_metrics and
@@ -77,9 +77,20 @@ def timing(m_naive=16):
         )
 
 
-if __name__ == "__main__":
+def run(quick: bool = False) -> str:
+    """Run both parts and return a markdown report (the printed lines in a code block)."""
+    import contextlib
+    import io
     import os
 
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    accuracy()
-    timing()
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        accuracy(n_fits=2 if quick else 4)
+        timing(m_naive=8 if quick else 16)
+    head = "# Losses: accuracy and speed\n\nCommand: `python -m benchmarks --only losses`.\n\n"
+    return head + "```\n" + buf.getvalue() + "```\n"
+
+
+if __name__ == "__main__":
+    print(run())
