@@ -31,7 +31,7 @@ POLISH_SWITCH = 1e-6
 #: grad_tol after which the fit is declared stalled. Over-specified top-K fits can climb onto a
 #: point where the selection flips (a kink): the log-likelihood stops moving (changes ~1e-16)
 #: while the held-active-set gradient stays ~1e-3, so no amount of iterations certifies it.
-STALL_ITER = 50
+STALL_ITER = 20
 
 
 def _check_number(name, value, *, low=None, integer=False, allow_none=False, strict=True):

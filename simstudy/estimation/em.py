@@ -77,7 +77,8 @@ class TopKMoEEM(BaseEM):
     """
 
     #: step halvings of the gating Newton step before giving up on it for this iteration
-    max_halvings = 30
+    #: (smallest step 2^-10: at a selection kink every halving fails, and each costs a pass)
+    max_halvings = 10
     #: relative ridge added to the negative gating Hessian
     ridge = 1e-10
 
