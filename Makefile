@@ -51,7 +51,7 @@ study-quick: install
 
 # CI rate check: fails on a slope inconsistent with theory or moved from the reference
 check: install
-	$(SIMSTUDY) check studies/ci.toml --jobs $(JOBS) --reference results/ci_reference.json
+	$(SIMSTUDY) check studies/ci.toml --jobs $(JOBS) --no-progress --reference results/ci_reference.json
 
 # rewrite the committed reference slopes (explicit, never automatic); commit the result
 ci-reference: install
