@@ -165,3 +165,12 @@ def test_build_writes_tables_figures_and_readme(tmp_path, fake_engine, capsys, m
     assert "(figures/both_sweep.png)" in (out / "README.md").read_text()
     assert build.main([str(tmp_path / "nope.toml"), "--out", str(out)]) == 2
     assert "spec: no such file" in capsys.readouterr().err
+
+
+def test_readme_says_when_a_study_is_partial():
+    from simstudy.reports.build import _completeness
+
+    assert _completeness({"fits": 40, "planned": 40, "complete_reps": 2}) == ""
+    assert _completeness({"fits": 40, "planned": None}) == ""
+    text = _completeness({"fits": 12, "planned": 40, "complete_reps": 3})
+    assert "of 40 planned" in text and "**partial**: 3 replications" in text

@@ -53,7 +53,8 @@ def _data_date(df: pd.DataFrame, store: Path | None) -> str:
 
 def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
                 figures: bool = True, tol: float = DEFAULT_TOL,
-                bound_rule: str = "upper", data_date: str = "unknown") -> dict:
+                bound_rule: str = "upper", data_date: str = "unknown",
+                planned: int | None = None) -> dict:
     """Theory, rates, summaries, tables and figures of one study.
 
     Parameters
@@ -66,6 +67,8 @@ def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
         The fitted configurations (from :func:`simstudy.reports.configs.configs_from_spec`).
     out : path
         Output root (``results``).
+    planned : int, optional
+        Number of tasks the spec describes; with it the report says how complete the study is.
 
     Returns
     -------
@@ -88,7 +91,10 @@ def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
     meta = {
         "study": study, "spec": str(spec_path) if spec_path else "",
         "spec_hash": str(df["spec_hash"].iloc[0]) if "spec_hash" in df.columns else "",
-        "fits": int(len(df)), "status_counts": {str(k): int(v) for k, v in
+        "fits": int(len(df)), "planned": planned,
+        # replications complete for every condition (tasks run replication-major)
+        "complete_reps": int(df.groupby("condition_id")["rep"].nunique().min()),
+        "status_counts": {str(k): int(v) for k, v in
                                                 df["status"].value_counts().items()},
         "data_date": data_date, "statuses_used": list(INCLUDED_STATUSES),
         "verdict_tolerance": tol, "bound_rule": bound_rule,
@@ -96,6 +102,15 @@ def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
     }
     (out / "tables" / f"{study}_meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return {"theory": theory, "rates": rates, "summary": summary, "files": files, "meta": meta}
+
+
+def _completeness(meta: dict) -> str:
+    """' of N planned (partial: R replications per condition so far)' or '' when complete."""
+    planned = meta.get("planned")
+    if not planned or meta["fits"] >= planned:
+        return ""
+    return (f" of {planned} planned (**partial**: {meta.get('complete_reps', '?')} replications "
+            "of every condition so far; `make study` resumes it)")
 
 
 def write_readme(out, command: str) -> Path:
@@ -156,7 +171,8 @@ def write_readme(out, command: str) -> Path:
         s = meta["study"]
         counts = ", ".join(f"{k} {c}" for k, c in meta["status_counts"].items())
         lines += [f"### {s}", "",
-                  f"Spec `{meta['spec']}` (hash `{meta['spec_hash']}`), {meta['fits']} fits "
+                  f"Spec `{meta['spec']}` (hash `{meta['spec_hash']}`), {meta['fits']} fits"
+                  f"{_completeness(meta)} "
                   f"({counts}); data from {meta['data_date']}; verdict tolerance "
                   f"{meta['verdict_tolerance']}, bound rule {meta['bound_rule']}.", ""]
         for f in meta["files"]:
@@ -200,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     combined = []
     try:
-        from simstudy.engine import load_results
+        from simstudy.engine import load_results, load_spec
 
         for spec in args.specs:
             path = Path(spec)
@@ -208,10 +224,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"spec: no such file {path}")
             name = study_name(path)
             df = load_results(path)
+            planned = len(load_spec(path).tasks())
             store = Path("results") / "store" / f"{name}.sqlite"
             res = build_study(name, df, configs_from_spec(path), args.out, spec_path=path,
                               figures=not args.no_figures, tol=args.theory_tolerance,
-                              bound_rule=args.bound_rule, data_date=_data_date(df, store))
+                              bound_rule=args.bound_rule, data_date=_data_date(df, store),
+                              planned=planned)
             print(f"{name}: {len(res['files'])} files under {args.out}")
             if args.sweep:
                 th = res["theory"].copy()
