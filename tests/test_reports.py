@@ -119,6 +119,9 @@ def fake_engine(monkeypatch):
     mod = types.ModuleType("simstudy.engine")
     mod.load_results = lambda spec: tables[Path(spec).stem]
     mod.run_study = lambda *a, **k: None
+    # a spec whose every task is in the table (a complete study)
+    mod.load_spec = lambda spec: types.SimpleNamespace(
+        tasks=lambda: [None] * len(tables[Path(spec).stem]))
     monkeypatch.setitem(sys.modules, "simstudy.engine", mod)
     return tables
 
