@@ -134,7 +134,7 @@ def test_build_writes_tables_figures_and_readme(tmp_path, fake_engine, capsys, m
     assert build.main([str(spec), "--out", str(out)]) == 0
     tables = {p.name for p in (out / "tables").iterdir()}
     for suffix in ("rates.csv", "rates.md", "summary.csv", "summary.md", "protocols.csv",
-                   "protocols.md", "theory.csv", "meta.json"):
+                   "protocols.md", "theory.csv", "meta.json", "cost.csv", "cost.md"):
         assert f"sweep_{suffix}" in tables
     figs = {p.name for p in (out / "figures").iterdir()}
     assert {"sweep_D2.png", "sweep_hellinger.png", "sweep_tv.png", "sweep_params_kbar2.png",
@@ -177,3 +177,18 @@ def test_readme_says_when_a_study_is_partial():
     assert _completeness({"fits": 40, "planned": None}) == ""
     text = _completeness({"fits": 12, "planned": 40, "complete_reps": 3})
     assert "of 40 planned" in text and "**partial**: 3 replications" in text
+
+
+def test_cost_table_counts_fits_seconds_and_stops():
+    from simstudy.reports.tables import cost_table
+
+    df = pd.DataFrame({
+        "label": ["a"] * 3, "protocol": ["strict"] * 3, "n": [100, 100, 200],
+        "n_iter": [10, 30, 5], "seconds": [1.0, 3.0, 0.5],
+        "stop_reason": ["strict", "stalled", "strict"],
+    })
+    cost = cost_table(df)
+    assert list(cost["n"]) == [100, 200] and list(cost["fits"]) == [2, 1]
+    row = cost.iloc[0]
+    assert row["median_iter"] == 20 and row["max_s"] == 3.0 and row["total_s"] == 4.0
+    assert row["stops"] in ("strict 1, stalled 1", "stalled 1, strict 1")

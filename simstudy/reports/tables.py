@@ -122,6 +122,22 @@ def protocol_comparison(df: pd.DataFrame, rates: pd.DataFrame,
     return {"slopes": slopes, "per_n": per_n}
 
 
+def cost_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Compute cost per (label, protocol, n): fits, iterations and seconds per fit, and how
+    the fits stopped. Shows where a study's time goes (e.g. EM crawling at selection kinks)."""
+    rows = []
+    for (label, protocol, n), g in df.groupby(["label", "protocol", "n"], sort=True):
+        stops = g["stop_reason"].fillna("error").value_counts()
+        rows.append({
+            "label": label, "protocol": protocol, "n": int(n), "fits": len(g),
+            "median_iter": float(g["n_iter"].median()), "max_iter": float(g["n_iter"].max()),
+            "median_s": float(g["seconds"].median()), "max_s": float(g["seconds"].max()),
+            "total_s": float(g["seconds"].sum()),
+            "stops": ", ".join(f"{k} {v}" for k, v in stops.items()),
+        })
+    return pd.DataFrame(rows)
+
+
 def write_tables(study: str, df: pd.DataFrame, rates: pd.DataFrame, summary: pd.DataFrame,
                  out) -> list[Path]:
     """Write results/tables/<study>_rates.{csv,md}, <study>_summary.{csv,md} and, with two
@@ -150,4 +166,12 @@ def write_tables(study: str, df: pd.DataFrame, rates: pd.DataFrame, summary: pd.
             + "\n## Log-likelihood gap (strict minus papers, same data) and iterations\n\n"
             + to_markdown(comp["per_n"]))
         written += [tdir / f"{study}_protocols.csv", tdir / f"{study}_protocols.md"]
+    cost = cost_table(df)
+    cost.to_csv(tdir / f"{study}_cost.csv", index=False)
+    by_fit = cost.groupby(["label", "protocol"], sort=True)[["fits", "total_s"]].sum()
+    (tdir / f"{study}_cost.md").write_text(
+        f"# Compute cost: {study}\n\nSeconds are per fit (one core, wall time inside the "
+        "worker); `stops` counts the stop reasons.\n\n## Totals\n\n"
+        + to_markdown(by_fit.reset_index()) + "\n## Per n\n\n" + to_markdown(cost))
+    written += [tdir / f"{study}_cost.csv", tdir / f"{study}_cost.md"]
     return written
