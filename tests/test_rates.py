@@ -168,3 +168,25 @@ def test_summaries_and_mcse():
     assert np.isclose(r["median"], g.loc[g.status == "ok", "D1"].median())
     assert "D2" not in set(s.metric)
     assert isinstance(s, pd.DataFrame)
+
+
+def test_degenerate_fits_with_only_an_empty_expert_enter_the_rates():
+    from simstudy.reports.rates import mark_empty_expert_only, rate_table
+
+    rng = np.random.default_rng(0)
+    n = np.repeat([1000, 4000, 16000, 64000], 5)
+    df = pd.DataFrame({
+        "study": "s", "label": "K1", "protocol": "strict", "n": n, "rep": np.tile(range(5), 4),
+        "status": "degenerate", "flag_empty_expert": True, "flag_var_floor": False,
+        "flag_non_finite": False, "hellinger": n ** -0.5 * np.exp(0.1 * rng.standard_normal(20)),
+    })
+    df.loc[0, "flag_var_floor"] = True  # a collapsed variance stays excluded
+    marked = mark_empty_expert_only(df)
+    assert marked.loc[0, "status"] == "degenerate"
+    assert (marked.loc[1:, "status"] == "empty_expert").all()
+    row = rate_table(df).iloc[0]
+    assert row["n_used"] == 19 and "degenerate: 1" in row["excluded"]
+    assert abs(row["slope"] + 0.5) < 0.05
+    # without the flag columns nothing is relabelled
+    plain = df.drop(columns=["flag_empty_expert", "flag_var_floor", "flag_non_finite"])
+    assert rate_table(plain).iloc[0]["n_used"] == 0

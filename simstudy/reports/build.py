@@ -135,7 +135,9 @@ def write_readme(out, command: str) -> Path:
         "",
         "Rates: OLS of log(metric) on log(n) over all replications, HC3 standard errors, 95% CI."
         " Fits used: status ok or not_converged (an estimate exists; dropping non-converged "
-        "fits would select data sets on the outcome); error and degenerate fits, NaN and "
+        "fits would select data sets on the outcome), and degenerate fits whose only flag is an "
+        "empty expert (at true K = 1 the never-selected expert is empty by construction); "
+        "errors, other degenerate fits (variance at the floor, non-finite), NaN and "
         "non-positive metrics are excluded and counted in each study's rate table. Verdicts: "
         "an exact rate is consistent when the CI overlaps theory +- tolerance; a slow-rate bound "
         "(n^-1/8 ... or faster) per the bound rule in the study's meta file; no guarantee: the "

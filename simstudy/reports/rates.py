@@ -3,9 +3,12 @@
 Which fits enter a rate (decided here, stated in every table): fits with status "ok" **and**
 "not_converged". A fit that stopped at max_iter still returned an estimate for that data set;
 dropping it would select data sets on the outcome (the spec's "outcome, not redraw" rule applies
-to the analysis too). Fits with status "error" (no estimate) and "degenerate" (a variance at the
-floor, an empty expert or a non-finite value: the loss is not an estimation error of a regular
-fit) are excluded and counted, as are NaN metrics and metrics <= 0 (no logarithm). The slope over
+to the analysis too). Degenerate fits whose only flag is an empty expert (relabelled
+"empty_expert" here) enter too: their estimate and density are well defined, and at true K = 1
+the never-selected expert is empty by construction in every fit. Fits with status "error" (no
+estimate) and the other degenerate fits (a variance at the floor or a non-finite value: the loss
+is not an estimation error of a regular fit) are excluded and counted, as are NaN metrics and
+metrics <= 0 (no logarithm). The slope over
 "ok" fits alone is reported beside the headline slope (``slope_ok_only``) so the choice can be
 judged.
 """
@@ -30,13 +33,16 @@ __all__ = [
     "fit_rate",
     "metric_columns",
     "long_metrics",
+    "mark_empty_expert_only",
     "sensitivity",
     "verdict",
     "rate_table",
 ]
 
 #: statuses whose fits enter the rate regressions (see the module docstring)
-INCLUDED_STATUSES = ("ok", "not_converged")
+INCLUDED_STATUSES = ("ok", "not_converged", "empty_expert")
+#: every status a rate table knows: the engine's, plus "empty_expert" (see the module docstring)
+KNOWN_STATUSES = ("ok", "not_converged", "empty_expert", "degenerate", "error")
 
 #: tolerance on the exponent for a verdict (see :func:`verdict`)
 DEFAULT_TOL = 0.1
@@ -133,6 +139,19 @@ def fit_rate(n, values) -> RateFit:
 def metric_columns(df: pd.DataFrame) -> list[str]:
     """Columns of a tidy table that are rate metrics (D1/D2, hellinger, tv, err_*, mass_*)."""
     return [c for c in df.columns if METRIC_PATTERN.match(str(c))]
+
+
+def mark_empty_expert_only(df: pd.DataFrame) -> pd.DataFrame:
+    """Copy of ``df`` whose degenerate fits flagged only for an empty expert have status
+    "empty_expert" (needs the engine's flag columns; without them nothing changes)."""
+    df = df.copy()
+    flags = ["flag_empty_expert", "flag_var_floor", "flag_non_finite"]
+    if set(flags) <= set(df.columns):
+        f = df[flags].fillna(False).astype(bool)
+        only = ((df["status"] == "degenerate") & f["flag_empty_expert"] & ~f["flag_var_floor"]
+                & ~f["flag_non_finite"])
+        df.loc[only, "status"] = "empty_expert"
+    return df
 
 
 def long_metrics(df: pd.DataFrame, metrics=None) -> pd.DataFrame:
@@ -250,10 +269,10 @@ def rate_table(df: pd.DataFrame, theory: pd.DataFrame | None = None, *,
     missing = {"label", "protocol", "n", "status"} - set(df.columns)
     if missing:
         raise ValueError(f"df: the tidy table lacks column(s) {sorted(missing)}")
-    unknown = set(statuses) - {"ok", "not_converged", "degenerate", "error"}
+    unknown = set(statuses) - set(KNOWN_STATUSES)
     if unknown:
         raise ValueError(f"statuses: unknown status(es) {sorted(unknown)}")
-    df = df.copy()
+    df = mark_empty_expert_only(df)
     if "study" not in df.columns:
         df["study"] = ""
     long = long_metrics(df)
@@ -274,7 +293,7 @@ def rate_table(df: pd.DataFrame, theory: pd.DataFrame | None = None, *,
         nan = inc & ~np.isfinite(val)
         nonpos = inc & np.isfinite(val) & (val <= 0)
         use = inc & np.isfinite(val) & (val > 0)
-        counts = {s: int((st == s).sum()) for s in ("error", "degenerate", "not_converged", "ok")
+        counts = {s: int((st == s).sum()) for s in reversed(KNOWN_STATUSES)
                   if s not in statuses}
         counts.update({"NaN metric": int(nan.sum()), "metric <= 0": int(nonpos.sum())})
         row = {

@@ -148,7 +148,8 @@ def write_tables(study: str, df: pd.DataFrame, rates: pd.DataFrame, summary: pd.
     rates.to_csv(tdir / f"{study}_rates.csv", index=False)
     (tdir / f"{study}_rates.md").write_text(
         f"# Rates: {study}\n\nOLS of log(metric) on log(n) over all replications, HC3 SE, "
-        "95% CI. Fits used: status ok or not_converged (error and degenerate fits, NaN and "
+        "95% CI. Fits used: status ok, not_converged or degenerate with only an empty expert "
+        "(errors, other degenerate fits, NaN and "
         "non-positive metrics excluded, counts in 'excluded').\n\n" + to_markdown(format_rates(
             rates)))
     written += [tdir / f"{study}_rates.csv", tdir / f"{study}_rates.md"]
