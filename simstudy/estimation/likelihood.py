@@ -1,0 +1,258 @@
+"""The observed log-likelihood of a top-K MoE as an optimisation problem.
+
+:class:`Likelihood` holds the data, the layout of the free-parameter vector (kernels order:
+gating blocks (beta1_j, beta0_j) of every j != ref, expert blocks (a_i, b_i), log v_i), the
+box of admissible values (variance floor, optional bound on the gating slopes) and counts the
+passes over the data that every evaluation costs. The Newton refinement and the certificates
+work on it only.
+
+A *pass* is one full-data evaluation: of the log-likelihood, of its gradient, of its Hessian
+(one kernel pass), or of one node of an exact line scan.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simstudy.estimation import scan as _scan
+from simstudy.model import kernels, kernels_scan
+
+__all__ = ["Likelihood"]
+
+
+class Likelihood:
+    """Data, parameter layout, bounds and pass counting of one fit.
+
+    Parameters
+    ----------
+    X, y : numpy.ndarray
+        Validated data, X (n, d) C-contiguous.
+    k, K : int
+        Fitted and selected experts.
+    var_floor : float
+        Absolute lower bound of the variances.
+    beta1_bound : float or None
+        If given, every gating-slope coordinate is kept in [-beta1_bound, beta1_bound].
+    """
+
+    def __init__(self, X, y, k, K, var_floor, beta1_bound=None):
+        self.X, self.y = X, y
+        self.n, self.d = X.shape
+        self.k, self.K = int(k), int(K)
+        self.p = self.d + 1
+        self.m = kernels.n_free(self.k, self.d)
+        self.var_floor = float(var_floor)
+        self.beta1_bound = None if beta1_bound is None else float(beta1_bound)
+        self.xmax = np.maximum(np.max(np.abs(X), axis=0), 1e-300)
+        self.passes = 0
+        self._grad = np.zeros(self.m)
+        self.set_ref(0)
+
+    # -- layout ---------------------------------------------------------------------------
+    def set_ref(self, ref: int) -> None:
+        """Fix the reference expert and rebuild the index maps and the box."""
+        k, d, p = self.k, self.d, self.p
+        self.ref = int(ref)
+        free = [j for j in range(k) if j != self.ref]
+        self.idx_beta1 = np.full((k, d), -1, dtype=np.int64)
+        self.idx_beta0 = np.full(k, -1, dtype=np.int64)
+        for pos, j in enumerate(free):
+            self.idx_beta1[j] = pos * p + np.arange(d)
+            self.idx_beta0[j] = pos * p + d
+        ng = (k - 1) * p
+        self.ng = ng
+        self.gating = np.arange(ng)
+        self.slopes = np.sort(self.idx_beta1[self.idx_beta1 >= 0])
+        self.logv = np.arange(ng + k * p, self.m)
+        #: parameters that never move a selection (beta0, a, b, log v)
+        self.smooth = np.setdiff1d(np.arange(self.m), self.slopes)
+        self.lower = np.full(self.m, -np.inf)
+        self.upper = np.full(self.m, np.inf)
+        self.lower[self.logv] = np.log(self.var_floor)
+        if self.beta1_bound is not None:
+            self.lower[self.slopes] = -self.beta1_bound
+            self.upper[self.slopes] = self.beta1_bound
+
+    def pack(self, beta0, beta1, a, b, v) -> np.ndarray:
+        free = np.arange(self.k) != self.ref
+        gating = np.column_stack([beta1, beta0])[free].ravel()
+        experts = np.column_stack([a, b]).ravel()
+        return np.concatenate([gating, experts, np.log(v)])
+
+    def _blocks(self, theta):
+        k, d, p, ng = self.k, self.d, self.p, self.ng
+        gate = np.zeros((k, p))
+        gate[np.arange(k) != self.ref] = theta[:ng].reshape(k - 1, p)
+        ex = theta[ng : ng + k * p].reshape(k, p)
+        return (np.ascontiguousarray(gate[:, d]), np.ascontiguousarray(gate[:, :d]),
+                np.ascontiguousarray(ex[:, :d]), np.ascontiguousarray(ex[:, d]),
+                theta[ng + k * p :].copy())
+
+    def unpack(self, theta):
+        """``(beta0, beta1, a, b, v)`` arrays of a parameter vector (variances exponentiated)."""
+        beta0, beta1, a, b, logv = self._blocks(theta)
+        return beta0, beta1, a, b, np.exp(logv)
+
+    def unpack_direction(self, delta):
+        """A direction in parameter space as ``(dbeta0, dbeta1, da, db, dlogv)``."""
+        return self._blocks(delta)
+
+    def feasible(self, theta) -> bool:
+        return bool(np.all(np.isfinite(theta)) and np.all(theta >= self.lower - 1e-12)
+                    and np.all(theta <= self.upper + 1e-12))
+
+    def clip(self, theta) -> np.ndarray:
+        return np.minimum(np.maximum(theta, self.lower), self.upper)
+
+    # -- evaluations ------------------------------------------------------------------------
+    def loglik(self, theta) -> float:
+        self.passes += 1
+        return float(kernels.loglik(self.X, self.y, *self.unpack(theta), self.K))
+
+    def grad(self, theta):
+        """Log-likelihood and its gradient (active sets held)."""
+        self.passes += 1
+        ll = kernels.obs_grad(self.X, self.y, *self.unpack(theta), self.K, self.ref, self._grad)
+        return float(ll), self._grad.copy()
+
+    def grad_hess(self, theta):
+        """Log-likelihood, gradient and Hessian with every point's active set held."""
+        if hasattr(kernels, "obs_hess"):
+            g = np.zeros(self.m)
+            H = np.zeros((self.m, self.m))
+            self.passes += 1
+            ll = kernels.obs_hess(self.X, self.y, *self.unpack(theta), self.K, self.ref, g, H)
+            return float(ll), g, 0.5 * (H + H.T)
+        return self._grad_hess_numpy(theta)
+
+    def _grad_hess_numpy(self, theta, chunk=8192):
+        # stand-in until kernels.obs_hess exists (same result, vectorised numpy, counted as
+        # the one pass obs_hess will cost): with l_n = LSE_S(eta + log N) - LSE_S(eta),
+        # H_n = sum_i r_i d2 log N_i + Cov_r(d l_i) - Cov_w(d eta_i)
+        beta0, beta1, a, b, v = self.unpack(theta)
+        X, y, k, d, p, m = self.X, self.y, self.k, self.d, self.p, self.m
+        gblk = [self.idx_beta1[i].tolist() + [int(self.idx_beta0[i])] if i != self.ref
+                else None for i in range(k)]
+        eblk = [list(range(self.ng + i * p, self.ng + (i + 1) * p)) for i in range(k)]
+        g = np.zeros(m)
+        H = np.zeros((m, m))
+        total = 0.0
+        self.passes += 1
+        for start in range(0, self.n, chunk):
+            Xc, yc = X[start : start + chunk], y[start : start + chunk]
+            nc = Xc.shape[0]
+            Z = np.column_stack([Xc, np.ones(nc)])
+            s = Xc @ beta1.T
+            mask = np.zeros((nc, k), dtype=bool)
+            if self.K >= k:
+                mask[:] = True
+            else:
+                order = np.lexsort((np.broadcast_to(np.arange(k), s.shape), -s), axis=1)
+                np.put_along_axis(mask, order[:, : self.K], True, axis=1)
+            eta = np.where(mask, s + beta0, -np.inf)
+            e = yc[:, None] - (Xc @ a.T + b)
+            logn = -0.5 * (np.log(2 * np.pi * v) + e * e / v)
+            lj = eta + logn
+            mj = lj.max(axis=1, keepdims=True)
+            me = eta.max(axis=1, keepdims=True)
+            R = np.exp(lj - mj)
+            W = np.exp(eta - me)
+            sR, sW = R.sum(axis=1, keepdims=True), W.sum(axis=1, keepdims=True)
+            total += float(np.sum(mj[:, 0] + np.log(sR[:, 0]) - me[:, 0] - np.log(sW[:, 0])))
+            R, W = R / sR, W / sW
+            Gl = np.zeros((nc, k, m))  # d l_i (joint) per point and expert
+            Ge = np.zeros((nc, k, m))  # d eta_i
+            for i in range(k):
+                if gblk[i] is not None:
+                    Gl[:, i, gblk[i]] = Z
+                    Ge[:, i, gblk[i]] = Z
+                Gl[:, i, eblk[i]] = (e[:, i] / v[i])[:, None] * Z
+                Gl[:, i, self.logv[i]] = 0.5 * (e[:, i] ** 2 / v[i] - 1.0)
+            RGl = Gl * R[:, :, None]
+            WGe = Ge * W[:, :, None]
+            gl = RGl.sum(axis=1)
+            ge = WGe.sum(axis=1)
+            g += (gl - ge).sum(axis=0)
+            H += RGl.reshape(-1, m).T @ Gl.reshape(-1, m) - gl.T @ gl
+            H -= WGe.reshape(-1, m).T @ Ge.reshape(-1, m) - ge.T @ ge
+            for i in range(k):
+                r = R[:, i]
+                eb, lv = eblk[i], self.logv[i]
+                H[np.ix_(eb, eb)] -= (Z * (r / v[i])[:, None]).T @ Z
+                c = -(Z * (r * e[:, i] / v[i])[:, None]).sum(axis=0)
+                H[eb, lv] += c
+                H[lv, eb] += c
+                H[lv, lv] -= 0.5 * float(np.sum(r * e[:, i] ** 2 / v[i]))
+        return total, g, 0.5 * (H + H.T)
+
+    # -- geometry of the selection ------------------------------------------------------------
+    def score_scale(self, delta) -> float:
+        """Largest change of any score beta1_i . x per unit step along ``delta`` (bound)."""
+        dbeta1 = self.unpack_direction(delta)[1]
+        return float(np.max(np.abs(dbeta1) @ self.xmax)) if dbeta1.size else 0.0
+
+    def sharpness(self, theta) -> float:
+        """Largest |beta1_i . x| over the data box: how hard the gating is."""
+        return float(np.max(np.abs(self.unpack(theta)[1]) @ self.xmax))
+
+    def scan(self, theta, delta, t_lo, t_hi, tol, force=False) -> _scan.LineScan:
+        """Exact scan of l(theta + t delta) over [t_lo, t_hi] (see :mod:`.scan`)."""
+        res = _scan.scan_line(self.X, self.y, self.unpack(theta), self.unpack_direction(delta),
+                              self.K, t_lo, t_hi, tol, force=force)
+        self.passes += res.n_passes
+        return res
+
+    def first_event(self, theta, delta, t_hi) -> float:
+        """Smallest t in [0, t_hi) where some point's selection changes (inf if none)."""
+        if self.K >= self.k:
+            return np.inf
+        beta1 = self.unpack(theta)[1]
+        dbeta1 = self.unpack_direction(delta)[1]
+        events, passes = _scan.list_events(self.X, beta1, dbeta1, self.K, 0.0, t_hi)
+        self.passes += passes
+        return float(events[1].min()) if events[1].size else np.inf
+
+    def boundary_normals(self, theta, rel_tol=1e-9):
+        """Active constraints of the current selection piece, deduplicated.
+
+        Returns ``(normals, pairs)``: unit vectors a (q, m) such that the piece is locally
+        {theta : a . theta >= a . theta_now} (points exactly on a boundary: selected i,
+        unselected j, (beta1_i - beta1_j) . x_n = 0), and for each normal one (i, j) pair.
+        """
+        if self.K >= self.k or self.k < 2:
+            return np.zeros((0, self.m)), []
+        beta1 = self.unpack(theta)[1]
+        atol = rel_tol * max(float(np.max(np.abs(beta1) @ self.xmax)), 1e-12)
+        cap = 4096
+        while True:
+            pt = np.empty(cap, dtype=np.int64)
+            ii = np.empty(cap, dtype=np.int64)
+            jj = np.empty(cap, dtype=np.int64)
+            count = kernels_scan.boundary_pairs(self.X, beta1, self.K, atol, pt, ii, jj)
+            self.passes += 1
+            if count <= cap:
+                break
+            cap = int(count)
+        pt, ii, jj = pt[:count], ii[:count], jj[:count]
+        A = np.zeros((count, self.m))
+        rows = np.arange(count)
+        x = self.X[pt]
+        for side, who in ((1.0, ii), (-1.0, jj)):
+            own = who != self.ref
+            cols = self.idx_beta1[who[own]]  # (q, d)
+            A[rows[own, None], cols] += side * x[own]
+        norm = np.linalg.norm(A, axis=1)
+        ok = norm > 0.0
+        A, ii, jj = A[ok] / norm[ok, None], ii[ok], jj[ok]
+        if A.shape[0] == 0:
+            return np.zeros((0, self.m)), []
+        _, first = np.unique(np.round(A, 10), axis=0, return_index=True)
+        first = np.sort(first)
+        return A[first], [(int(ii[q]), int(jj[q])) for q in first]
+
+    def is_tie(self, theta, pair, rel_tol=1e-8) -> bool:
+        """True when the two experts' gating slopes are equal (a tie of two slopes)."""
+        beta1 = self.unpack(theta)[1]
+        i, j = pair
+        scale = max(1.0, float(np.max(np.abs(beta1))))
+        return bool(np.max(np.abs(beta1[i] - beta1[j])) <= rel_tol * scale)
