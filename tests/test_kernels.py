@@ -115,3 +115,49 @@ def test_kernels_stable_for_extreme_logits():
         ll = kernels.loglik(X, y, beta0, beta1, a, b, v, K)
         assert np.isfinite(ll)
         assert ll == pytest.approx(naive.loglik(X, y, beta0, beta1, a, b, v, K), rel=1e-12)
+
+
+HESS_CASES = [(d, k, K) for d in (1, 2, 3) for k in range(1, 6) for K in range(1, k + 1)
+              if d < 3 or k in (1, 4, 5)] + [(5, 3, 2), (5, 3, 3), (2, 8, 3), (1, 8, 8)]
+
+
+@pytest.mark.parametrize("d,k,K", HESS_CASES)
+def test_observed_hessian_matches_naive(d, k, K):
+    X, y, (beta0, beta1, a, b, v), ref = data(seed_of(d, k, K) + 3, k, d, n=30)
+    m = kernels.n_free(k, d)
+    grad, H = np.full(m, np.nan), np.full((m, m), np.nan)  # the kernel must zero them
+    ll = kernels.obs_hess(X, y, beta0, beta1, a, b, v, K, ref, grad, H)
+    assert ll == pytest.approx(naive.loglik(X, y, beta0, beta1, a, b, v, K), rel=1e-12)
+    g0, H0 = naive.obs_hess(X, y, beta0, beta1, a, b, v, K, ref)
+    scale = np.max(np.abs(H0))
+    np.testing.assert_allclose(grad, g0, rtol=1e-11, atol=1e-11 * np.max(np.abs(g0)))
+    np.testing.assert_allclose(H, H0, rtol=1e-11, atol=1e-12 * scale)
+    np.testing.assert_array_equal(H, H.T)
+    g1 = np.empty(m)
+    kernels.obs_grad(X, y, beta0, beta1, a, b, v, K, ref, g1)
+    np.testing.assert_allclose(grad, g1, rtol=1e-12, atol=1e-12 * np.max(np.abs(g1)))
+
+
+@pytest.mark.parametrize("d,k,K", [(1, 3, 2), (1, 4, 4), (2, 4, 3), (3, 5, 2), (5, 3, 3),
+                                   (2, 1, 1), (1, 6, 1)])
+def test_observed_hessian_matches_finite_differences_of_the_gradient(d, k, K):
+    """Columns of H against central differences of obs_grad (the selection must not move)."""
+    X, y, (beta0, beta1, a, b, v), ref = data(seed_of(d, k, K) + 4, k, d, n=40)
+    m = kernels.n_free(k, d)
+    grad, H = np.empty(m), np.empty((m, m))
+    kernels.obs_hess(X, y, beta0, beta1, a, b, v, K, ref, grad, H)
+    theta = naive.pack(beta0, beta1, a, b, v, ref)
+    mask0 = naive.active(X, beta1, K)
+    h = 1e-6
+    fd = np.empty((m, m))
+    gp, gm = np.empty(m), np.empty(m)
+    for u in range(m):
+        tp, tm = theta.copy(), theta.copy()
+        tp[u] += h
+        tm[u] -= h
+        for th, g in ((tp, gp), (tm, gm)):
+            P = naive.unpack(th, k, d, ref)
+            assert np.array_equal(naive.active(X, P[1], K), mask0)
+            kernels.obs_grad(X, y, *P, K, ref, g)
+        fd[:, u] = (gp - gm) / (2 * h)
+    np.testing.assert_allclose(H, fd, rtol=1e-6, atol=1e-6 * np.max(np.abs(H)))

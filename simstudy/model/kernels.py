@@ -37,6 +37,7 @@ __all__ = [
     "gating_grad_hess",
     "em_pass",
     "obs_grad",
+    "obs_hess",
 ]
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -473,4 +474,104 @@ def obs_grad(X, y, beta0, beta1, a, b, v, K, ref, grad):
                 bj += 1
             if ri != 0.0:
                 _accumulate_expert_grad(X, nn, ri, res[i], i, invv, ng, grad)
+    return total
+
+
+@njit(cache=True)
+def obs_hess(X, y, beta0, beta1, a, b, v, K, ref, grad, H):
+    """Gradient and exact Hessian of the observed log-likelihood, every active set held.
+
+    Per point l = LSE_i(lj_i) - LSE_i(eta_i) over the active set, with eta_i the gating logit
+    and lj_i = eta_i + log N(y; a_i.x + b_i, v_i). Each lj_i depends only on its own blocks
+    (gating theta_i, expert phi_i, tau_i = log v_i), with gradient
+    G_i = (z, (e_i / v_i) z, h_i), h_i = (e_i^2 / v_i - 1) / 2, and second derivatives
+    d2/dphi2 = -z z' / v_i, d2/dphi dtau = -(e_i / v_i) z, d2/dtau2 = -e_i^2 / (2 v_i). So
+
+        Hess l = sum_i r_i (Hess lj_i + G_i G_i') - Gbar Gbar' - sum_i w_i g_i g_i' + gbar gbar'
+
+    with Gbar = sum_i r_i G_i and gbar = sum_i w_i g_i, g_i = (z, 0, 0). Fills ``grad``
+    (n_free,) and ``H`` (n_free, n_free) in the order of :func:`obs_grad` (zeroed first) and
+    returns the log-likelihood.
+    """
+    n, d = X.shape
+    k = beta0.shape[0]
+    p = d + 1
+    ng = (k - 1) * p
+    nf = ng + k * p + k
+    grad[:] = 0.0
+    H[:] = 0.0
+    logv = np.log(v)
+    invv = 1.0 / v
+    s, active, ew, ej, res = _scratch(k)
+    z = np.ones(p)
+    U = np.zeros(nf)  # Gbar
+    W = np.zeros(ng)  # gbar
+    blk = np.empty(k, dtype=np.int64)
+    c0 = 0
+    for i in range(k):
+        if i == ref:
+            blk[i] = -1
+        else:
+            blk[i] = c0 * p
+            c0 += 1
+    total = 0.0
+    for nn in range(n):
+        lp, totw, totj = _point(
+            X, nn, y[nn], beta0, beta1, a, b, logv, invv, K, s, active, ew, ej, res
+        )
+        total += lp
+        for t in range(d):
+            z[t] = X[nn, t]
+        U[:] = 0.0
+        W[:] = 0.0
+        for i in range(k):
+            if not active[i]:
+                continue
+            ri = ej[i] / totj
+            wi = ew[i] / totw
+            ev = res[i] * invv[i]
+            hi = 0.5 * (res[i] * ev - 1.0)
+            xb = ng + i * p
+            ti = ng + k * p + i
+            gb = blk[i]
+            for u in range(p):
+                U[xb + u] = ri * ev * z[u]
+            U[ti] = ri * hi
+            # the block-diagonal part r_i (Hess lj_i + G_i G_i') - w_i g_i g_i'
+            cxx = ri * (ev * ev - invv[i])
+            cxt = ri * ev * (hi - 1.0)
+            for u in range(p):
+                for q in range(u, p):
+                    H[xb + u, xb + q] += cxx * z[u] * z[q]
+                H[xb + u, ti] += cxt * z[u]
+            H[ti, ti] += ri * (hi * hi - 0.5 * res[i] * ev)
+            if gb < 0:
+                continue
+            for u in range(p):
+                U[gb + u] = ri * z[u]
+                W[gb + u] = wi * z[u]
+            cgg = ri - wi
+            cgx = ri * ev
+            for u in range(p):
+                for q in range(p):
+                    if q >= u:
+                        H[gb + u, gb + q] += cgg * z[u] * z[q]
+                    H[gb + u, xb + q] += cgx * z[u] * z[q]
+                H[gb + u, ti] += ri * hi * z[u]
+        # the rank-two part -Gbar Gbar' + gbar gbar' (upper triangle)
+        for u in range(nf):
+            cu = U[u]
+            wu = W[u] if u < ng else 0.0
+            if cu == 0.0 and wu == 0.0:
+                continue
+            for q in range(u, nf):
+                H[u, q] -= cu * U[q]
+            if wu != 0.0:
+                for q in range(u, ng):
+                    H[u, q] += wu * W[q]
+        for u in range(ng):
+            grad[u] += U[u] - W[u]
+        for u in range(ng, nf):
+            grad[u] += U[u]
+    _symmetrize(H)
     return total
