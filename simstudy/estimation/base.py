@@ -25,6 +25,7 @@ import numpy as np
 
 from simstudy.estimation.acceleration import SquaremState, StepOut, squarem_cycle
 from simstudy.estimation.result import CONVERGED, ConvergenceWarning, FitResult
+from simstudy.model.threads import thread_limits
 
 __all__ = ["BaseEM", "ACCELERATIONS"]
 
@@ -276,15 +277,14 @@ class BaseEM(ABC):
         ends higher by more than the certificate tolerance, so the result says whether the
         configured start reached the best value found.
 
+        BLAS is held to one thread and numba to ``n_threads`` (default 1) for the whole fit.
+
         Returns
         -------
         FitResult
             Also stored as ``result_``; the fitted parameters as ``params_``.
         """
-        from threadpoolctl import threadpool_limits
-
-        # small dense algebra on one thread: BLAS threads only contend with the workers
-        with threadpool_limits(limits=1):
+        with thread_limits(getattr(self, "n_threads", 1)):
             return self._fit(X, y)
 
     def _fit(self, X, y):

@@ -33,9 +33,11 @@ class Likelihood:
         Absolute lower bound of the variances.
     beta1_bound : float or None
         If given, every gating-slope coordinate is kept in [-beta1_bound, beta1_bound].
+    parallel : bool
+        Run the kernels' parallel passes (see ``TopKMoEEM(n_threads)``).
     """
 
-    def __init__(self, X, y, k, K, var_floor, beta1_bound=None):
+    def __init__(self, X, y, k, K, var_floor, beta1_bound=None, parallel=False):
         self.X, self.y = X, y
         self.n, self.d = X.shape
         self.k, self.K = int(k), int(K)
@@ -44,6 +46,7 @@ class Likelihood:
         self.var_floor = float(var_floor)
         self.beta1_bound = None if beta1_bound is None else float(beta1_bound)
         self.xmax = np.maximum(np.max(np.abs(X), axis=0), 1e-300)
+        self.parallel = bool(parallel)
         self.passes = 0
         self._grad = np.zeros(self.m)
         self.set_ref(0)
@@ -107,83 +110,23 @@ class Likelihood:
     # -- evaluations ------------------------------------------------------------------------
     def loglik(self, theta) -> float:
         self.passes += 1
-        return float(kernels.loglik(self.X, self.y, *self.unpack(theta), self.K))
+        return float(kernels.loglik(self.X, self.y, *self.unpack(theta), self.K, self.parallel))
 
     def grad(self, theta):
         """Log-likelihood and its gradient (active sets held)."""
         self.passes += 1
-        ll = kernels.obs_grad(self.X, self.y, *self.unpack(theta), self.K, self.ref, self._grad)
+        ll = kernels.obs_grad(self.X, self.y, *self.unpack(theta), self.K, self.ref, self._grad,
+                              self.parallel)
         return float(ll), self._grad.copy()
 
     def grad_hess(self, theta):
         """Log-likelihood, gradient and Hessian with every point's active set held."""
-        if hasattr(kernels, "obs_hess"):
-            g = np.zeros(self.m)
-            H = np.zeros((self.m, self.m))
-            self.passes += 1
-            ll = kernels.obs_hess(self.X, self.y, *self.unpack(theta), self.K, self.ref, g, H)
-            return float(ll), g, 0.5 * (H + H.T)
-        return self._grad_hess_numpy(theta)
-
-    def _grad_hess_numpy(self, theta, chunk=8192):
-        # stand-in until kernels.obs_hess exists (same result, vectorised numpy, counted as
-        # the one pass obs_hess will cost): with l_n = LSE_S(eta + log N) - LSE_S(eta),
-        # H_n = sum_i r_i d2 log N_i + Cov_r(d l_i) - Cov_w(d eta_i)
-        beta0, beta1, a, b, v = self.unpack(theta)
-        X, y, k, d, p, m = self.X, self.y, self.k, self.d, self.p, self.m
-        gblk = [self.idx_beta1[i].tolist() + [int(self.idx_beta0[i])] if i != self.ref
-                else None for i in range(k)]
-        eblk = [list(range(self.ng + i * p, self.ng + (i + 1) * p)) for i in range(k)]
-        g = np.zeros(m)
-        H = np.zeros((m, m))
-        total = 0.0
+        g = np.zeros(self.m)
+        H = np.zeros((self.m, self.m))
         self.passes += 1
-        for start in range(0, self.n, chunk):
-            Xc, yc = X[start : start + chunk], y[start : start + chunk]
-            nc = Xc.shape[0]
-            Z = np.column_stack([Xc, np.ones(nc)])
-            s = Xc @ beta1.T
-            mask = np.zeros((nc, k), dtype=bool)
-            if self.K >= k:
-                mask[:] = True
-            else:
-                order = np.lexsort((np.broadcast_to(np.arange(k), s.shape), -s), axis=1)
-                np.put_along_axis(mask, order[:, : self.K], True, axis=1)
-            eta = np.where(mask, s + beta0, -np.inf)
-            e = yc[:, None] - (Xc @ a.T + b)
-            logn = -0.5 * (np.log(2 * np.pi * v) + e * e / v)
-            lj = eta + logn
-            mj = lj.max(axis=1, keepdims=True)
-            me = eta.max(axis=1, keepdims=True)
-            R = np.exp(lj - mj)
-            W = np.exp(eta - me)
-            sR, sW = R.sum(axis=1, keepdims=True), W.sum(axis=1, keepdims=True)
-            total += float(np.sum(mj[:, 0] + np.log(sR[:, 0]) - me[:, 0] - np.log(sW[:, 0])))
-            R, W = R / sR, W / sW
-            Gl = np.zeros((nc, k, m))  # d l_i (joint) per point and expert
-            Ge = np.zeros((nc, k, m))  # d eta_i
-            for i in range(k):
-                if gblk[i] is not None:
-                    Gl[:, i, gblk[i]] = Z
-                    Ge[:, i, gblk[i]] = Z
-                Gl[:, i, eblk[i]] = (e[:, i] / v[i])[:, None] * Z
-                Gl[:, i, self.logv[i]] = 0.5 * (e[:, i] ** 2 / v[i] - 1.0)
-            RGl = Gl * R[:, :, None]
-            WGe = Ge * W[:, :, None]
-            gl = RGl.sum(axis=1)
-            ge = WGe.sum(axis=1)
-            g += (gl - ge).sum(axis=0)
-            H += RGl.reshape(-1, m).T @ Gl.reshape(-1, m) - gl.T @ gl
-            H -= WGe.reshape(-1, m).T @ Ge.reshape(-1, m) - ge.T @ ge
-            for i in range(k):
-                r = R[:, i]
-                eb, lv = eblk[i], self.logv[i]
-                H[np.ix_(eb, eb)] -= (Z * (r / v[i])[:, None]).T @ Z
-                c = -(Z * (r * e[:, i] / v[i])[:, None]).sum(axis=0)
-                H[eb, lv] += c
-                H[lv, eb] += c
-                H[lv, lv] -= 0.5 * float(np.sum(r * e[:, i] ** 2 / v[i]))
-        return total, g, 0.5 * (H + H.T)
+        ll = kernels.obs_hess(self.X, self.y, *self.unpack(theta), self.K, self.ref, g, H,
+                              self.parallel)
+        return float(ll), g, 0.5 * (H + H.T)
 
     # -- geometry of the selection ------------------------------------------------------------
     def score_scale(self, delta) -> float:
