@@ -30,7 +30,7 @@ Format (every key not listed is an error)::
     tol = 1e-8                # > 0
     grad_tol = 1e-6           # > 0
     max_iter = 5000           # >= 1
-    acceleration = "squarem"  # or "none", "lbfgs" (lbfgs needs grad_tol)
+    acceleration = "squarem"  # or "none", "lbfgs", "newton" (lbfgs, newton need grad_tol)
     var_floor = 1e-6          # > 0
     [[fit]]                   # one or more
     label = "over"            # required, unique
@@ -85,7 +85,7 @@ __all__ = [
 
 PROTOCOLS = ("papers", "strict")
 INITS = ("near_truth", "data")
-ACCELERATIONS = ("none", "squarem", "lbfgs")
+ACCELERATIONS = ("none", "squarem", "lbfgs", "newton")
 # [em] overrides: key -> (expected type description, validator)
 EM_KEYS = ("tol", "grad_tol", "max_iter", "acceleration", "var_floor")
 # metric names of compute_metrics; per-expert ones take a suffix _j (spec numbering)

@@ -12,7 +12,9 @@ Subclasses work on a flat vector of free parameters and supply the model-specifi
   ``_flags(theta)``, ``_to_params(theta)``;
 * ``_certify(theta, loglik)``: the convergence certificate at a point;
 * ``_refine(theta, loglik, trace, n_iter, deadline)``: the Newton refinement after EM;
-* ``_inference(theta)``: standard errors; ``_passes()``: data passes spent so far.
+* ``_inference(theta)``: standard errors; ``_passes()``: data passes spent so far;
+* ``_admissible(theta)``: whether a global check's fit may replace the configured start;
+  ``_canonical(theta)``: the kept fit in the layout of the truth (same density).
 """
 
 from __future__ import annotations
@@ -148,7 +150,16 @@ class BaseEM(ABC):
     def _inference(self, theta: np.ndarray) -> dict: ...
 
     @abstractmethod
+    def _admissible(self, theta: np.ndarray) -> bool: ...
+
+    @abstractmethod
+    def _canonical(self, theta: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
     def _passes(self) -> int: ...
+
+    @abstractmethod
+    def _pass_counts(self) -> dict: ...
 
     # -- common validation --------------------------------------------------------------------
     def _check_loop_options(self) -> None:
@@ -274,8 +285,9 @@ class BaseEM(ABC):
 
         The configured starts (``n_init`` of ``init``) come first, then the global checks
         (the truth, ``n_data_starts`` data-driven starts); a later start is kept only if it
-        ends higher by more than the certificate tolerance, so the result says whether the
-        configured start reached the best value found.
+        ends higher by more than the certificate tolerance and is admissible (no spike, no
+        empty expert), so the result says whether the configured start reached the best
+        value found.
 
         BLAS is held to one thread and numba to ``n_threads`` (default 1) for the whole fit.
 
@@ -302,16 +314,21 @@ class BaseEM(ABC):
                 break
             rec = self._run(make(), deadline)
             rec["label"], rec["ref"] = label, self._current_ref()
+            # a global check replaces the configured start only by an admissible fit: a
+            # higher maximum with a spike (a variance near zero) or an empty expert is a
+            # spurious maximiser of the mixture likelihood, recorded but not kept
+            rec["admissible"] = idx < int(self.n_init) or self._admissible(rec["theta"])
             records.append(rec)
             timed_out |= rec["stop"] == "timeout"
             better = best is None or (
-                np.isfinite(rec["loglik"])
+                rec["admissible"]
+                and np.isfinite(rec["loglik"])
                 and (not np.isfinite(best["loglik"]) or rec["loglik"] > best["loglik"] + margin)
             )
             if better:
                 best, best_idx = rec, idx
         self._set_ref(best["ref"])
-        theta = best["theta"]
+        theta = self._canonical(best["theta"])
         stop = "timeout" if timed_out else best["stop"]
         flags = self._flags(theta)
         flags["non_finite"] = best["stop"] == "non_finite"
@@ -342,10 +359,11 @@ class BaseEM(ABC):
             n_init=int(self.n_init),
             best_restart=best_idx,
             n_passes=int(sum(r["passes"] for r in records)),
+            pass_counts=self._pass_counts(),
             certificate=best["certificate"],
             starts=tuple({"label": r["label"], "loglik": float(r["loglik"]), "stop": r["stop"],
-                          "n_iter": int(r["n_iter"]), "passes": int(r["passes"])}
-                         for r in records),
+                          "n_iter": int(r["n_iter"]), "passes": int(r["passes"]),
+                          "admissible": bool(r["admissible"])} for r in records),
             best_start=best["label"],
             start_reached_best=bool(l_primary >= l_best - margin) if len(records) > len(
                 primary) else None,

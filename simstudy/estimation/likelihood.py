@@ -48,6 +48,9 @@ class Likelihood:
         self.xmax = np.maximum(np.max(np.abs(X), axis=0), 1e-300)
         self.parallel = bool(parallel)
         self.passes = 0
+        #: passes by kind (loglik, grad, hess, events, nodes, boundary, em)
+        self.counts = dict.fromkeys(("loglik", "grad", "hess", "events", "nodes", "boundary",
+                                     "em"), 0)
         self._grad = np.zeros(self.m)
         self.set_ref(0)
 
@@ -108,13 +111,18 @@ class Likelihood:
         return np.minimum(np.maximum(theta, self.lower), self.upper)
 
     # -- evaluations ------------------------------------------------------------------------
+    def count(self, kind, passes=1) -> None:
+        """Book ``passes`` full-data evaluations of the given kind."""
+        self.passes += passes
+        self.counts[kind] += passes
+
     def loglik(self, theta) -> float:
-        self.passes += 1
+        self.count("loglik")
         return float(kernels.loglik(self.X, self.y, *self.unpack(theta), self.K, self.parallel))
 
     def grad(self, theta):
         """Log-likelihood and its gradient (active sets held)."""
-        self.passes += 1
+        self.count("grad")
         ll = kernels.obs_grad(self.X, self.y, *self.unpack(theta), self.K, self.ref, self._grad,
                               self.parallel)
         return float(ll), self._grad.copy()
@@ -123,7 +131,7 @@ class Likelihood:
         """Log-likelihood, gradient and Hessian with every point's active set held."""
         g = np.zeros(self.m)
         H = np.zeros((self.m, self.m))
-        self.passes += 1
+        self.count("hess")
         ll = kernels.obs_hess(self.X, self.y, *self.unpack(theta), self.K, self.ref, g, H,
                               self.parallel)
         return float(ll), g, 0.5 * (H + H.T)
@@ -139,10 +147,15 @@ class Likelihood:
         return float(np.max(np.abs(self.unpack(theta)[1]) @ self.xmax))
 
     def scan(self, theta, delta, t_lo, t_hi, tol, force=False) -> _scan.LineScan:
-        """Exact scan of l(theta + t delta) over [t_lo, t_hi] (see :mod:`.scan`)."""
-        res = _scan.scan_line(self.X, self.y, self.unpack(theta), self.unpack_direction(delta),
-                              self.K, t_lo, t_hi, tol, force=force)
-        self.passes += res.n_passes
+        """Exact scan of l(theta + t delta) over [t_lo, t_hi] (see :mod:`.scan`); delta must
+        move the gating parameters only."""
+        if np.any(delta[self.ng :]):
+            raise ValueError("delta: an exact scan moves the gating parameters only")
+        dbeta0, dbeta1 = self.unpack_direction(delta)[:2]
+        res = _scan.scan_line(self.X, self.y, self.unpack(theta), (dbeta0, dbeta1), self.K,
+                              t_lo, t_hi, tol, force=force)
+        self.count("events", res.n_event_passes)
+        self.count("nodes", res.n_passes - res.n_event_passes)
         return res
 
     def first_event(self, theta, delta, t_hi) -> float:
@@ -152,7 +165,7 @@ class Likelihood:
         beta1 = self.unpack(theta)[1]
         dbeta1 = self.unpack_direction(delta)[1]
         events, passes = _scan.list_events(self.X, beta1, dbeta1, self.K, 0.0, t_hi)
-        self.passes += passes
+        self.count("events", passes)
         return float(events[1].min()) if events[1].size else np.inf
 
     def boundary_normals(self, theta, rel_tol=1e-9):
@@ -172,26 +185,31 @@ class Likelihood:
             ii = np.empty(cap, dtype=np.int64)
             jj = np.empty(cap, dtype=np.int64)
             count = kernels_scan.boundary_pairs(self.X, beta1, self.K, atol, pt, ii, jj)
-            self.passes += 1
+            self.count("boundary")
             if count <= cap:
                 break
             cap = int(count)
         pt, ii, jj = pt[:count], ii[:count], jj[:count]
-        A = np.zeros((count, self.m))
-        rows = np.arange(count)
         x = self.X[pt]
-        for side, who in ((1.0, ii), (-1.0, jj)):
-            own = who != self.ref
-            cols = self.idx_beta1[who[own]]  # (q, d)
-            A[rows[own, None], cols] += side * x[own]
-        norm = np.linalg.norm(A, axis=1)
-        ok = norm > 0.0
-        A, ii, jj = A[ok] / norm[ok, None], ii[ok], jj[ok]
-        if A.shape[0] == 0:
+        xn = np.linalg.norm(x, axis=1)
+        ok = xn > 0.0
+        pt, ii, jj, x, xn = pt[ok], ii[ok], jj[ok], x[ok], xn[ok]
+        if pt.size == 0:
             return np.zeros((0, self.m)), []
-        _, first = np.unique(np.round(A, 10), axis=0, return_index=True)
+        # one normal per (i, j, direction of x): points of a pair on the same ray give the
+        # same constraint (in d = 1 every point of a tie does)
+        key = np.column_stack([ii, jj, np.round(x / xn[:, None], 10)])
+        _, first = np.unique(key, axis=0, return_index=True)
         first = np.sort(first)
-        return A[first], [(int(ii[q]), int(jj[q])) for q in first]
+        A = np.zeros((first.size, self.m))
+        for row, q in enumerate(first):
+            i, j = int(ii[q]), int(jj[q])
+            if i != self.ref:
+                A[row, self.idx_beta1[i]] += x[q]
+            if j != self.ref:
+                A[row, self.idx_beta1[j]] -= x[q]
+        A /= np.linalg.norm(A, axis=1)[:, None]
+        return A, [(int(ii[q]), int(jj[q])) for q in first]
 
     def is_tie(self, theta, pair, rel_tol=1e-8) -> bool:
         """True when the two experts' gating slopes are equal (a tie of two slopes)."""

@@ -106,6 +106,28 @@ def _box_fraction(lik, theta, s) -> float:
     return max(t, 0.0)
 
 
+#: accepted steps whose gain exceeds the predicted one by this factor are extrapolated
+EXTRAPOLATE_RATIO = 1.1
+
+
+def _extrapolate(lik, theta, s, th1, l1, max_doublings=3):
+    """Try theta + t s for t = 2, 4, 8 (stopping at the first that does not gain, or that
+    crosses a boundary: a selection change shows as a fall, which is refused); returns the
+    best point, its log-likelihood and its t."""
+    best, l_best, t_best = th1, l1, 1.0
+    t = 1.0
+    for _ in range(max_doublings):
+        t *= 2.0
+        if _box_fraction(lik, theta, t * s) < 1.0:
+            break
+        th = theta + t * s
+        lt = lik.loglik(th)
+        if not (np.isfinite(lt) and lt > l_best):
+            break
+        best, l_best, t_best = th, lt, t
+    return best, l_best, t_best
+
+
 def refine(lik, theta, l0, trace, n_iter, settings: NewtonSettings) -> RefineOut:
     """Refine ``theta`` (log-likelihood ``l0``) to a certified point; append accepted values
     to ``trace``; ``n_iter`` iterations were already spent (EM)."""
@@ -215,6 +237,13 @@ def refine(lik, theta, l0, trace, n_iter, settings: NewtonSettings) -> RefineOut
                   "hit=%s", n_iter, l_cur, proj, normals.shape[0], radius, step_norm, pred, gain,
                   hit)
         if gain >= 0 and (ratio > 1e-4 or gain <= noise):
+            if ratio > EXTRAPOLATE_RATIO and not hit and frac == 1.0:
+                # the model under-predicts: the log-likelihood is flatter than quadratic
+                # along the step (near a singular maximum of an over-specified fit, where
+                # Newton alone converges linearly); go on along the same direction while l
+                # keeps rising
+                th_new, l_new, t_ext = _extrapolate(lik, theta, s, th_new, l_new)
+                step_norm *= t_ext
             theta, l_cur = th_new, l_new
             trace.append(l_cur)
             if gain > noise:

@@ -84,7 +84,7 @@ class FitResult:
         Configured starts; index of the kept start among all starts run.
     n_passes : int
         Full-data evaluations of all starts (log-likelihood, gradient, Hessian, EM pass, one
-        per node of an exact line scan).
+        per node of an exact line scan); ``pass_counts`` splits them by kind.
     certificate : Certificate or None
         The last certificate of the kept start (its tolerances, radius and diagnostics).
     starts : tuple of dict
@@ -123,6 +123,7 @@ class FitResult:
     n_init: int = 1
     best_restart: int = 0
     n_passes: int = 0
+    pass_counts: dict = field(default_factory=dict)
     certificate: object = None
     starts: tuple = ()
     best_start: str = ""
@@ -192,6 +193,7 @@ class FitResult:
             "n_init": int(self.n_init),
             "best_restart": int(self.best_restart),
             "n_passes": int(self.n_passes),
+            "pass_counts": {key: int(val) for key, val in self.pass_counts.items()},
             "starts": [dict(s) for s in self.starts],
             "best_start": self.best_start,
             "start_reached_best": self.start_reached_best,

@@ -1,6 +1,7 @@
 """Exact one-dimensional scans of the piecewise-smooth observed log-likelihood.
 
-Along ``theta + t delta`` (t in ``[t_lo, t_hi]``, ``t_lo <= 0 <= t_hi``) the log-likelihood is
+Along ``theta + t delta`` (t in ``[t_lo, t_hi]``, ``t_lo <= 0 <= t_hi``; delta moves the
+gating parameters only) the log-likelihood is
 
     l(t) - l(0) = F_0(t) + sum over the events e met between 0 and t of f_e(t),
 
@@ -31,7 +32,7 @@ from simstudy.model import kernels_scan
 __all__ = ["LineScan", "scan_line", "lobatto_nodes", "cheb_coefficients", "cheb_values"]
 
 #: Chebyshev-Lobatto node counts tried in turn until the series' tail is below the tolerance
-NODE_COUNTS = (9, 17, 33)
+NODE_COUNTS = (7, 13, 25)
 #: at most this many events per scan: beyond it the interval is cut (and the result says so)
 MAX_EVENTS = 20000
 
@@ -61,7 +62,8 @@ class LineScan:
     series_error : float
         Estimated error of the Chebyshev series (added to every bound).
     n_passes : int
-        Full-data evaluations spent (event listing, plus one per node).
+        Full-data evaluations spent (event listing, plus one per node);
+        ``n_event_passes`` of them listing the events.
     """
 
     t_best: float = 0.0
@@ -75,6 +77,7 @@ class LineScan:
     t_hi: float = 0.0
     series_error: float = 0.0
     n_passes: int = 0
+    n_event_passes: int = 0
 
 
 def lobatto_nodes(t_lo: float, t_hi: float, m: int) -> np.ndarray:
@@ -115,12 +118,9 @@ def _second_derivative_bound(coef: np.ndarray) -> np.ndarray:
 
 
 def _direction_arrays(direction):
-    dbeta0, dbeta1, da, db, dlogv = direction
+    dbeta0, dbeta1 = direction
     return (np.ascontiguousarray(dbeta0, dtype=np.float64),
-            np.ascontiguousarray(dbeta1, dtype=np.float64),
-            np.ascontiguousarray(da, dtype=np.float64),
-            np.ascontiguousarray(db, dtype=np.float64),
-            np.ascontiguousarray(dlogv, dtype=np.float64))
+            np.ascontiguousarray(dbeta1, dtype=np.float64))
 
 
 def list_events(X, beta1, dbeta1, K, t_lo, t_hi):
@@ -160,19 +160,15 @@ def _pieces(ev_t, ev_side, side, t_end, coef_all, coef_ev, merge):
     dist = np.abs(ev_t[sel])
     order = np.argsort(dist, kind="stable")
     dist, sel = dist[order], sel[order]
-    starts = [q for q in range(dist.size) if q == 0 or dist[q] - dist[q - 1] > merge]
-    bounds = [0.0]
-    coefs = [coef_all]
-    cur = coef_all
-    for g, start in enumerate(starts):
-        stop = starts[g + 1] if g + 1 < len(starts) else dist.size
-        cur = cur + coef_ev[sel[start:stop]].sum(axis=0)
-        bounds.append(float(dist[start]))
-        coefs.append(cur)
-    bounds.append(abs(t_end))
-    lo = np.asarray(bounds[:-1])
-    hi = np.asarray(bounds[1:])
-    coef = np.vstack(coefs)
+    if dist.size:
+        starts = np.flatnonzero(np.concatenate([[True], np.diff(dist) > merge]))
+        steps = np.add.reduceat(coef_ev[sel], starts, axis=0)
+        coef = coef_all + np.vstack([np.zeros_like(coef_all), np.cumsum(steps, axis=0)])
+        bounds = np.concatenate([[0.0], dist[starts], [abs(t_end)]])
+    else:
+        coef = coef_all[None, :]
+        bounds = np.array([0.0, abs(t_end)])
+    lo, hi = bounds[:-1], bounds[1:]
     keep = hi > lo  # drop the empty piece before an event at exactly 0
     a, b = side * lo[keep], side * hi[keep]
     return np.minimum(a, b), np.maximum(a, b), coef[keep]
@@ -189,7 +185,8 @@ def scan_line(X, y, arrays, direction, K, t_lo, t_hi, tol, *, force=False,
     arrays : tuple
         ``(beta0, beta1, a, b, v)`` at t = 0.
     direction : tuple
-        ``(dbeta0, dbeta1, da, db, dlogv)``, the line's direction per block (log-variances).
+        ``(dbeta0, dbeta1)``, the line's direction in the gating parameters (the expert
+        parameters stay fixed along the line).
     K : int
         Number of selected experts.
     t_lo, t_hi : float
@@ -215,7 +212,7 @@ def scan_line(X, y, arrays, direction, K, t_lo, t_hi, tol, *, force=False,
     out.t_lo, out.t_hi, out.n_events = t_lo, t_hi, int(ev_t.size)
     out.n_events_at_zero = (int(np.sum((ev_t == 0.0) & (ev_side > 0))),
                             int(np.sum((ev_t == 0.0) & (ev_side < 0))))
-    out.n_passes = passes
+    out.n_passes = out.n_event_passes = passes
     if ev_t.size == 0 and not force:
         return out
     out.smooth = ev_t.size == 0

@@ -1,6 +1,7 @@
 """Numba kernels of exact line scans over the piecewise-smooth log-likelihood.
 
-Along a line ``theta(t) = theta + t * delta`` the score of expert i at x_n is linear in t,
+Along a line ``theta(t) = theta + t * delta`` that moves only the gating parameters
+(``dbeta0``, ``dbeta1``; the expert parameters fixed) the score of expert i at x_n is linear in t,
 ``s_i(t) = s_i + t u_i`` with ``u_i = dbeta1_i . x_n``, so a point's top-K set S_n(t) changes
 only at the t where two scores cross. Between such breakpoints the log-likelihood is smooth
 (analytic) in t; at a breakpoint it jumps by the change of that point's log-density. The
@@ -18,7 +19,8 @@ kernels here give the pieces needed to scan such a line exactly:
 Selections are bit masks (expert i selected <=> bit i set), so k <= 62. The tie rule is the
 model's: equal scores go to the lower index. Conventions of the arrays are those of
 :mod:`simstudy.model.kernels`; the direction is given per parameter block (``dbeta0`` (k,),
-``dbeta1`` (k, d), ``da`` (k, d), ``db`` (k,), ``dlogv`` (k,), log-variance scale).
+``dbeta1`` (k, d)); the scans are along gating-only lines (the expert parameters fixed),
+which are the lines the certificates need.
 
 Kernels are plain Python under ``NUMBA_DISABLE_JIT=1`` (coverage runs them that way).
 """
@@ -31,6 +33,7 @@ import numpy as np
 from numba import njit
 
 from simstudy.model.kernels import LOG_2PI
+from simstudy.model.vmath import vexp, vlog
 
 __all__ = ["MAX_EXPERTS", "selection_mask", "line_breaks", "line_nodes", "line_events",
            "line_logdensity", "boundary_pairs"]
@@ -58,58 +61,69 @@ def selection_mask(s, K):
 
 
 @njit(cache=True, nogil=True)
-def _point_line(X, nn, yv, beta0, beta1, a, b, v, dbeta0, dbeta1, da, db, s, u, eta, deta,
-                e, dmu):
-    """Per-expert line coefficients of point ``nn``: scores and their slopes, logits and
-    their slopes, residuals and the slopes of the means."""
+def _point_line(X, nn, yv, beta0, beta1, a, b, v, dbeta0, dbeta1, s, u, eta, deta, dens):
+    """Per-expert line coefficients of point ``nn``: scores s and their slopes u, logits eta
+    and their slopes deta, and the expert densities relative to the largest one (``dens``,
+    in (0, 1]); returns the log of that largest density."""
     k, d = beta1.shape
+    lmax = -np.inf
     for i in range(k):
         si = 0.0
         ui = 0.0
         mi = b[i]
-        dmi = db[i]
         for t in range(d):
             xt = X[nn, t]
             si += beta1[i, t] * xt
             ui += dbeta1[i, t] * xt
             mi += a[i, t] * xt
-            dmi += da[i, t] * xt
         s[i] = si
         u[i] = ui
         eta[i] = si + beta0[i]
         deta[i] = ui + dbeta0[i]
-        e[i] = yv - mi
-        dmu[i] = dmi
+        r = yv - mi
+        ln = -0.5 * (LOG_2PI + math.log(v[i]) + r * r / v[i])
+        dens[i] = ln
+        if ln > lmax:
+            lmax = ln
+    for i in range(k):
+        dens[i] = math.exp(dens[i] - lmax)
+    return lmax
 
 
 @njit(cache=True, nogil=True)
-def _line_lp(t, mask, eta, deta, e, dmu, lv, dlv):
-    """log p_n(t) with the selection ``mask`` held: log-sum-exp of the joints minus that of
-    the logits, both over the selected experts."""
+def _line_lp(t, mask, eta, deta, dens, lmax):
+    """log p_n(t) with the selection ``mask`` held, along a gating-only line:
+    log sum_S w_i(t) N_i, with w(t) the softmax of eta + t deta over S (K exponentials)."""
     k = eta.shape[0]
-    m1 = -np.inf
+    m = -np.inf
+    for i in range(k):
+        if (mask >> i) & 1:
+            et = eta[i] + t * deta[i]
+            if et > m:
+                m = et
+    num = 0.0
+    den = 0.0
+    for i in range(k):
+        if (mask >> i) & 1:
+            w = math.exp(eta[i] + t * deta[i] - m)
+            num += w * dens[i]
+            den += w
+    if num > 0.0:
+        return lmax + math.log(num / den)
+    # every selected expert's weighted density underflowed: log-sum-exp in full
     m2 = -np.inf
     for i in range(k):
-        if (mask >> i) & 1:
-            et = eta[i] + t * deta[i]
-            lvt = lv[i] + t * dlv[i]
-            r = e[i] - t * dmu[i]
-            lj = et - 0.5 * (LOG_2PI + lvt + r * r * math.exp(-lvt))
-            if et > m1:
-                m1 = et
+        if (mask >> i) & 1 and dens[i] > 0.0:
+            lj = eta[i] + t * deta[i] - m + math.log(dens[i])
             if lj > m2:
                 m2 = lj
-    s1 = 0.0
-    s2 = 0.0
+    if m2 == -np.inf:
+        return -np.inf
+    acc = 0.0
     for i in range(k):
-        if (mask >> i) & 1:
-            et = eta[i] + t * deta[i]
-            lvt = lv[i] + t * dlv[i]
-            r = e[i] - t * dmu[i]
-            lj = et - 0.5 * (LOG_2PI + lvt + r * r * math.exp(-lvt))
-            s1 += math.exp(et - m1)
-            s2 += math.exp(lj - m2)
-    return (m2 + math.log(s2)) - (m1 + math.log(s1))
+        if (mask >> i) & 1 and dens[i] > 0.0:
+            acc += math.exp(eta[i] + t * deta[i] - m + math.log(dens[i]) - m2)
+    return lmax + m2 + math.log(acc) - math.log(den)
 
 
 @njit(cache=True, nogil=True)
@@ -209,82 +223,203 @@ def line_breaks(X, beta1, dbeta1, K, t_lo, t_hi, ev_pt, ev_t, ev_side, ev_before
             s[i] = si
             u[i] = ui
         mask0 = selection_mask(s, K)
-        if t_hi > 0.0:
+        # the first selection change on a side is a crossing of a selected and an unselected
+        # score: without one in reach the point has no event on that side
+        umax = 0.0
+        for i in range(k):
+            umax = max(umax, abs(u[i]))
+        par = 1e-12 * umax
+        right = False
+        left = False
+        for i in range(k):
+            if not (mask0 >> i) & 1:
+                continue
+            for j in range(k):
+                if (mask0 >> j) & 1:
+                    continue
+                du = u[j] - u[i]  # the unselected j gains du per unit t on the selected i
+                gap = s[i] - s[j]  # >= 0
+                if du > par and gap < t_hi * du:
+                    right = True
+                elif du < -par and gap < t_lo * du:
+                    left = True
+        if right:
             count = _side_events(nn, s, u, K, 1.0, t_hi, cross, tmp, mask0, ev_pt, ev_t,
                                  ev_side, ev_before, ev_after, count, cap)
-        if t_lo < 0.0:
+        if left:
             count = _side_events(nn, s, u, K, -1.0, t_lo, cross, tmp, mask0, ev_pt, ev_t,
                                  ev_side, ev_before, ev_after, count, cap)
     return count
 
 
-@njit(cache=True, nogil=True)
-def line_nodes(X, y, beta0, beta1, a, b, v, K, dbeta0, dbeta1, da, db, dlogv, nodes, out):
-    """``out[m] = sum_n l_n(nodes[m]; S_n(0)) - l_n(0; S_n(0))`` (selections held at t = 0).
+#: points per block of the blocked node pass
+BLOCK = 256
+#: exponent argument that vexp maps to exactly 0 (an unselected expert)
+_OFF = -1000.0
 
-    ``out`` (len(nodes),) is zeroed first. Returns the log-likelihood at t = 0.
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def line_nodes(X, y, beta0, beta1, a, b, v, K, dbeta0, dbeta1, nodes, out):
+    """``out[m] = sum_n l_n(nodes[m]; S_n(0)) - l_n(0; S_n(0))`` (selections held at t = 0)
+    along the gating-only line (dbeta0, dbeta1). ``out`` is zeroed first; returns l(0).
+
+    Blocked: per block of points the selections and expert densities are computed once, then
+    every node costs k vectorised exponentials and one logarithm per point
+    (:mod:`simstudy.model.vmath`); a point whose weighted densities all underflow takes the
+    scalar log-sum-exp path.
     """
-    n = X.shape[0]
+    n, d = X.shape
     k = beta0.shape[0]
     nm = nodes.shape[0]
     out[:] = 0.0
-    lv = np.log(v)
+    logv = np.log(v)
     s = np.empty(k)
     u = np.empty(k)
-    eta = np.empty(k)
-    deta = np.empty(k)
-    e = np.empty(k)
-    dmu = np.empty(k)
+    eta = np.empty((k, BLOCK))
+    deta = np.empty((k, BLOCK))
+    dens = np.empty((k, BLOCK))
+    sel = np.empty((k, BLOCK), dtype=np.bool_)
+    lmax = np.empty(BLOCK)
+    l0 = np.empty(BLOCK)
+    ex = np.empty((k, BLOCK))
+    num = np.empty(BLOCK)
+    den = np.empty(BLOCK)
+    mx = np.empty(BLOCK)
+    e1 = np.empty(k)
+    e2 = np.empty(k)
+    e3 = np.empty(k)
     total = 0.0
-    for nn in range(n):
-        _point_line(X, nn, y[nn], beta0, beta1, a, b, v, dbeta0, dbeta1, da, db, s, u, eta,
-                    deta, e, dmu)
-        mask = selection_mask(s, K)
-        l0 = _line_lp(0.0, mask, eta, deta, e, dmu, lv, dlogv)
-        total += l0
-        for m in range(nm):
-            out[m] += _line_lp(nodes[m], mask, eta, deta, e, dmu, lv, dlogv) - l0
+    for n0 in range(0, n, BLOCK):
+        nb = min(BLOCK, n - n0)
+        for j in range(nb):
+            nn = n0 + j
+            lm = -np.inf
+            for i in range(k):
+                si = 0.0
+                ui = 0.0
+                mi = b[i]
+                for t in range(d):
+                    xt = X[nn, t]
+                    si += beta1[i, t] * xt
+                    ui += dbeta1[i, t] * xt
+                    mi += a[i, t] * xt
+                s[i] = si
+                u[i] = ui
+                eta[i, j] = si + beta0[i]
+                deta[i, j] = ui + dbeta0[i]
+                r = y[nn] - mi
+                ln = -0.5 * (LOG_2PI + logv[i] + r * r / v[i])
+                dens[i, j] = ln
+                if ln > lm:
+                    lm = ln
+            lmax[j] = lm
+            mask = selection_mask(s, K)
+            for i in range(k):
+                sel[i, j] = (mask >> i) & 1
+                dens[i, j] -= lm
+        for i in range(k):
+            vexp(dens[i], nb)
+        for m in range(-1, nm):
+            t = 0.0 if m < 0 else nodes[m]
+            for j in range(nb):
+                mx[j] = -np.inf
+            for i in range(k):
+                for j in range(nb):
+                    et = eta[i, j] + t * deta[i, j]
+                    ex[i, j] = et
+                    if sel[i, j] and et > mx[j]:
+                        mx[j] = et
+            for i in range(k):
+                for j in range(nb):
+                    ex[i, j] = ex[i, j] - mx[j] if sel[i, j] else _OFF
+                vexp(ex[i], nb)
+            for j in range(nb):
+                num[j] = 0.0
+                den[j] = 0.0
+            for i in range(k):
+                for j in range(nb):
+                    num[j] += ex[i, j] * dens[i, j]
+                    den[j] += ex[i, j]
+            for j in range(nb):
+                if num[j] > 0.0:
+                    num[j] = num[j] / den[j]
+                else:
+                    num[j] = 1.0
+            vlog(num, nb)
+            for j in range(nb):
+                if ex_underflow(ex, dens, sel, j, k):
+                    for i in range(k):
+                        e1[i] = eta[i, j]
+                        e2[i] = deta[i, j]
+                        e3[i] = dens[i, j]
+                    num[j] = _line_lp(t, _mask_of(sel, j, k), e1, e2, e3, 0.0)
+                num[j] += lmax[j]
+            if m < 0:
+                for j in range(nb):
+                    l0[j] = num[j]
+                    total += num[j]
+            else:
+                acc = 0.0
+                for j in range(nb):
+                    acc += num[j] - l0[j]
+                out[m] += acc
     return total
 
 
 @njit(cache=True, nogil=True)
-def line_events(X, y, beta0, beta1, a, b, v, dbeta0, dbeta1, da, db, dlogv, nodes, ev_pt,
-                ev_before, ev_after, out):
+def ex_underflow(ex, dens, sel, j, k):
+    """True when every selected expert's weighted density of point j underflowed to 0."""
+    for i in range(k):
+        if sel[i, j] and ex[i, j] * dens[i, j] > 0.0:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _mask_of(sel, j, k):
+    mask = np.int64(0)
+    for i in range(k):
+        if sel[i, j]:
+            mask |= np.int64(1) << i
+    return mask
+
+
+@njit(cache=True, nogil=True)
+def line_events(X, y, beta0, beta1, a, b, v, dbeta0, dbeta1, nodes, ev_pt, ev_before,
+                ev_after, out):
     """``out[e, m] = l_n(nodes[m]; after_e) - l_n(nodes[m]; before_e)`` for each event e
     (n = ``ev_pt[e]``): the change an event makes to the log-likelihood, as a function of t."""
     k = beta0.shape[0]
     nm = nodes.shape[0]
     ne = ev_pt.shape[0]
-    lv = np.log(v)
     s = np.empty(k)
     u = np.empty(k)
     eta = np.empty(k)
     deta = np.empty(k)
-    e = np.empty(k)
-    dmu = np.empty(k)
+    dens = np.empty(k)
     for q in range(ne):
         nn = ev_pt[q]
-        _point_line(X, nn, y[nn], beta0, beta1, a, b, v, dbeta0, dbeta1, da, db, s, u, eta,
-                    deta, e, dmu)
+        lmax = _point_line(X, nn, y[nn], beta0, beta1, a, b, v, dbeta0, dbeta1, s, u, eta,
+                           deta, dens)
         for m in range(nm):
             t = nodes[m]
-            out[q, m] = (_line_lp(t, ev_after[q], eta, deta, e, dmu, lv, dlogv)
-                         - _line_lp(t, ev_before[q], eta, deta, e, dmu, lv, dlogv))
+            out[q, m] = (_line_lp(t, ev_after[q], eta, deta, dens, lmax)
+                         - _line_lp(t, ev_before[q], eta, deta, dens, lmax))
 
 
 @njit(cache=True, nogil=True)
-def line_logdensity(X, y, beta0, beta1, a, b, v, dbeta0, dbeta1, da, db, dlogv, t, nn, mask):
-    """log p(y_n | x_n) at ``theta + t delta`` with the selection ``mask`` held (tests)."""
+def line_logdensity(X, y, beta0, beta1, a, b, v, dbeta0, dbeta1, t, nn, mask):
+    """log p(y_n | x_n) at ``(beta0 + t dbeta0, beta1 + t dbeta1)`` with the selection
+    ``mask`` held (tests)."""
     k = beta0.shape[0]
     s = np.empty(k)
     u = np.empty(k)
     eta = np.empty(k)
     deta = np.empty(k)
-    e = np.empty(k)
-    dmu = np.empty(k)
-    _point_line(X, nn, y[nn], beta0, beta1, a, b, v, dbeta0, dbeta1, da, db, s, u, eta, deta,
-                e, dmu)
-    return _line_lp(t, mask, eta, deta, e, dmu, np.log(v), dlogv)
+    dens = np.empty(k)
+    lmax = _point_line(X, nn, y[nn], beta0, beta1, a, b, v, dbeta0, dbeta1, s, u, eta, deta,
+                       dens)
+    return _line_lp(t, mask, eta, deta, dens, lmax)
 
 
 @njit(cache=True, nogil=True)
