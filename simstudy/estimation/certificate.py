@@ -18,7 +18,8 @@ is
 * ``certified_on_bound`` likewise when some coordinates sit on the box (variance floor, the
   optional bound on the slopes) with the gradient pointing out of it;
 * otherwise not certified, with the reason; a scan that finds a higher value returns it (the
-  optimiser moves there).
+  optimiser moves there). Nothing is certified at diverging slopes (score scale
+  max |beta1_i . x| above ``diverge_score``), where the likelihood is flat at infinity.
 
 The radius is in score units: along a direction delta the scan covers |t| <= radius /
 max_i,x |delta beta1_i . x| (the largest change of any score over the data), so that no score
@@ -42,6 +43,8 @@ class CertificateSettings:
     grad_tol: float = 1e-6
     radius: float = 0.05
     tol_per_obs: float = 1e-9
+    #: score scale max |beta1_i . x| beyond which the slopes count as diverging (None: never)
+    diverge_score: float | None = 1e3
 
 
 @dataclass
@@ -166,6 +169,12 @@ def certify(lik, theta, l0, g, normals, pairs, settings: CertificateSettings) ->
     tol = settings.tol_per_obs * n
     held = bound_held(lik, theta, g)
     cert = Certificate(radius=settings.radius, tol=tol, n_bound=int(held.sum()))
+    sharp = lik.sharpness(theta)
+    if settings.diverge_score is not None and sharp > settings.diverge_score:
+        # the likelihood is flat at infinity: a small gradient there certifies nothing
+        cert.refusal = (f"diverging slopes: score scale {sharp:.3g} > "
+                        f"{settings.diverge_score:g}")
+        return cert
     smooth = np.zeros(lik.m, dtype=bool)
     smooth[lik.smooth] = True
     cert.grad_smooth = float(np.linalg.norm(g[smooth & ~held])) / n

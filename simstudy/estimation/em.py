@@ -402,8 +402,10 @@ class TopKMoEEM(BaseEM):
             flags["var_floor"] or flags["var_small"] or flags["empty_expert"])
 
     def _cert_settings(self) -> CertificateSettings:
-        return CertificateSettings(grad_tol=float(self.grad_tol), radius=float(self.scan_radius),
-                                   tol_per_obs=float(self.scan_tol))
+        return CertificateSettings(
+            grad_tol=float(self.grad_tol), radius=float(self.scan_radius),
+            tol_per_obs=float(self.scan_tol),
+            diverge_score=None if self.beta1_bound is not None else DIVERGE_SCORE)
 
     def _certify(self, theta, loglik):
         lik = self._lik
@@ -412,12 +414,9 @@ class TopKMoEEM(BaseEM):
         return certify(lik, theta, l0, g, normals, pairs, self._cert_settings())
 
     def _refine(self, theta, loglik, trace, n_iter, deadline):
-        settings = NewtonSettings(
-            certificate=self._cert_settings(),
-            max_iter=int(self.max_iter),
-            diverge_score=None if self.beta1_bound is not None else DIVERGE_SCORE,
-            deadline=deadline,
-        )
+        cs = self._cert_settings()
+        settings = NewtonSettings(certificate=cs, max_iter=int(self.max_iter),
+                                  diverge_score=cs.diverge_score, deadline=deadline)
         return refine(self._lik, theta, loglik, trace, n_iter, settings)
 
     def _inference(self, theta) -> dict:

@@ -61,12 +61,10 @@ def selection_mask(s, K):
 
 
 @njit(cache=True, nogil=True)
-def _point_line(X, nn, yv, beta0, beta1, a, b, v, dbeta0, dbeta1, s, u, eta, deta, dens):
+def _point_line(X, nn, yv, beta0, beta1, a, b, v, dbeta0, dbeta1, s, u, eta, deta, logd):
     """Per-expert line coefficients of point ``nn``: scores s and their slopes u, logits eta
-    and their slopes deta, and the expert densities relative to the largest one (``dens``,
-    in (0, 1]); returns the log of that largest density."""
+    and their slopes deta, and the log expert densities ``logd``."""
     k, d = beta1.shape
-    lmax = -np.inf
     for i in range(k):
         si = 0.0
         ui = 0.0
@@ -81,49 +79,44 @@ def _point_line(X, nn, yv, beta0, beta1, a, b, v, dbeta0, dbeta1, s, u, eta, det
         eta[i] = si + beta0[i]
         deta[i] = ui + dbeta0[i]
         r = yv - mi
-        ln = -0.5 * (LOG_2PI + math.log(v[i]) + r * r / v[i])
-        dens[i] = ln
-        if ln > lmax:
-            lmax = ln
-    for i in range(k):
-        dens[i] = math.exp(dens[i] - lmax)
-    return lmax
+        logd[i] = -0.5 * (LOG_2PI + math.log(v[i]) + r * r / v[i])
 
 
 @njit(cache=True, nogil=True)
-def _line_lp(t, mask, eta, deta, dens, lmax):
+def _line_lp(t, mask, eta, deta, logd):
     """log p_n(t) with the selection ``mask`` held, along a gating-only line:
-    log sum_S w_i(t) N_i, with w(t) the softmax of eta + t deta over S (K exponentials)."""
+    log sum_S w_i(t) N_i, with w(t) the softmax of eta + t deta over S; a log-sum-exp in
+    full when the weighted densities underflow."""
     k = eta.shape[0]
     m = -np.inf
+    md = -np.inf
     for i in range(k):
         if (mask >> i) & 1:
             et = eta[i] + t * deta[i]
             if et > m:
                 m = et
+            if logd[i] > md:
+                md = logd[i]
     num = 0.0
     den = 0.0
     for i in range(k):
         if (mask >> i) & 1:
             w = math.exp(eta[i] + t * deta[i] - m)
-            num += w * dens[i]
+            num += w * math.exp(logd[i] - md)
             den += w
     if num > 0.0:
-        return lmax + math.log(num / den)
-    # every selected expert's weighted density underflowed: log-sum-exp in full
+        return md + math.log(num / den)
     m2 = -np.inf
     for i in range(k):
-        if (mask >> i) & 1 and dens[i] > 0.0:
-            lj = eta[i] + t * deta[i] - m + math.log(dens[i])
+        if (mask >> i) & 1:
+            lj = eta[i] + t * deta[i] - m + logd[i]
             if lj > m2:
                 m2 = lj
-    if m2 == -np.inf:
-        return -np.inf
     acc = 0.0
     for i in range(k):
-        if (mask >> i) & 1 and dens[i] > 0.0:
-            acc += math.exp(eta[i] + t * deta[i] - m + math.log(dens[i]) - m2)
-    return lmax + m2 + math.log(acc) - math.log(den)
+        if (mask >> i) & 1:
+            acc += math.exp(eta[i] + t * deta[i] - m + logd[i] - m2)
+    return m2 + math.log(acc) - math.log(den)
 
 
 @njit(cache=True, nogil=True)
@@ -278,6 +271,7 @@ def line_nodes(X, y, beta0, beta1, a, b, v, K, dbeta0, dbeta1, nodes, out):
     eta = np.empty((k, BLOCK))
     deta = np.empty((k, BLOCK))
     dens = np.empty((k, BLOCK))
+    logd = np.empty((k, BLOCK))
     sel = np.empty((k, BLOCK), dtype=np.bool_)
     lmax = np.empty(BLOCK)
     l0 = np.empty(BLOCK)
@@ -308,15 +302,17 @@ def line_nodes(X, y, beta0, beta1, a, b, v, K, dbeta0, dbeta1, nodes, out):
                 eta[i, j] = si + beta0[i]
                 deta[i, j] = ui + dbeta0[i]
                 r = y[nn] - mi
-                ln = -0.5 * (LOG_2PI + logv[i] + r * r / v[i])
-                dens[i, j] = ln
-                if ln > lm:
-                    lm = ln
-            lmax[j] = lm
+                logd[i, j] = -0.5 * (LOG_2PI + logv[i] + r * r / v[i])
             mask = selection_mask(s, K)
             for i in range(k):
-                sel[i, j] = (mask >> i) & 1
-                dens[i, j] -= lm
+                on = (mask >> i) & 1
+                sel[i, j] = on
+                if on and logd[i, j] > lm:
+                    lm = logd[i, j]
+            lmax[j] = lm
+            # densities relative to the best selected one (the largest is exactly 1)
+            for i in range(k):
+                dens[i, j] = logd[i, j] - lm if sel[i, j] else _OFF
         for i in range(k):
             vexp(dens[i], nb)
         for m in range(-1, nm):
@@ -351,9 +347,10 @@ def line_nodes(X, y, beta0, beta1, a, b, v, K, dbeta0, dbeta1, nodes, out):
                     for i in range(k):
                         e1[i] = eta[i, j]
                         e2[i] = deta[i, j]
-                        e3[i] = dens[i, j]
-                    num[j] = _line_lp(t, _mask_of(sel, j, k), e1, e2, e3, 0.0)
-                num[j] += lmax[j]
+                        e3[i] = logd[i, j]
+                    num[j] = _line_lp(t, _mask_of(sel, j, k), e1, e2, e3)
+                else:
+                    num[j] += lmax[j]
             if m < 0:
                 for j in range(nb):
                     l0[j] = num[j]
@@ -396,15 +393,15 @@ def line_events(X, y, beta0, beta1, a, b, v, dbeta0, dbeta1, nodes, ev_pt, ev_be
     u = np.empty(k)
     eta = np.empty(k)
     deta = np.empty(k)
-    dens = np.empty(k)
+    logd = np.empty(k)
     for q in range(ne):
         nn = ev_pt[q]
-        lmax = _point_line(X, nn, y[nn], beta0, beta1, a, b, v, dbeta0, dbeta1, s, u, eta,
-                           deta, dens)
+        _point_line(X, nn, y[nn], beta0, beta1, a, b, v, dbeta0, dbeta1, s, u, eta, deta,
+                    logd)
         for m in range(nm):
             t = nodes[m]
-            out[q, m] = (_line_lp(t, ev_after[q], eta, deta, dens, lmax)
-                         - _line_lp(t, ev_before[q], eta, deta, dens, lmax))
+            out[q, m] = (_line_lp(t, ev_after[q], eta, deta, logd)
+                         - _line_lp(t, ev_before[q], eta, deta, logd))
 
 
 @njit(cache=True, nogil=True)
@@ -416,10 +413,9 @@ def line_logdensity(X, y, beta0, beta1, a, b, v, dbeta0, dbeta1, t, nn, mask):
     u = np.empty(k)
     eta = np.empty(k)
     deta = np.empty(k)
-    dens = np.empty(k)
-    lmax = _point_line(X, nn, y[nn], beta0, beta1, a, b, v, dbeta0, dbeta1, s, u, eta, deta,
-                       dens)
-    return _line_lp(t, mask, eta, deta, dens, lmax)
+    logd = np.empty(k)
+    _point_line(X, nn, y[nn], beta0, beta1, a, b, v, dbeta0, dbeta1, s, u, eta, deta, logd)
+    return _line_lp(t, mask, eta, deta, logd)
 
 
 @njit(cache=True, nogil=True)
