@@ -309,7 +309,8 @@ class BaseEM(ABC):
         best, best_idx, records = None, 0, []
         timed_out = False
         for idx, (label, _, make) in enumerate(self._starts(rng)):
-            if deadline is not None and time.perf_counter() > deadline:
+            # the first start always runs (it stops at once when the budget is spent)
+            if records and deadline is not None and time.perf_counter() > deadline:
                 timed_out = True
                 break
             rec = self._run(make(), deadline)
@@ -358,7 +359,7 @@ class BaseEM(ABC):
             n_polish_evals=best["n_polish"],
             n_init=int(self.n_init),
             best_restart=best_idx,
-            n_passes=int(sum(r["passes"] for r in records)),
+            n_passes=int(self._passes()),
             pass_counts=self._pass_counts(),
             certificate=best["certificate"],
             starts=tuple({"label": r["label"], "loglik": float(r["loglik"]), "stop": r["stop"],

@@ -18,8 +18,8 @@ is
 * ``certified_on_bound`` likewise when some coordinates sit on the box (variance floor, the
   optional bound on the slopes) with the gradient pointing out of it;
 * otherwise not certified, with the reason; a scan that finds a higher value returns it (the
-  optimiser moves there). Nothing is certified at diverging slopes (score scale
-  max |beta1_i . x| above ``diverge_score``), where the likelihood is flat at infinity.
+  optimiser moves there). Nothing is certified at diverging slopes (:func:`diverging`),
+  where the likelihood is flat at infinity.
 
 The radius is in score units: along a direction delta the scan covers |t| <= radius /
 max_i,x |delta beta1_i . x| (the largest change of any score over the data), so that no score
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = ["CertificateSettings", "Certificate", "certify", "bound_held", "multipliers",
-           "nudges"]
+           "nudges", "diverging"]
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,9 @@ class CertificateSettings:
     grad_tol: float = 1e-6
     radius: float = 0.05
     tol_per_obs: float = 1e-9
-    #: score scale max |beta1_i . x| beyond which the slopes count as diverging (None: never)
-    diverge_score: float | None = 1e3
+    #: score scale max |beta1_i . x| beyond which diverging slopes are probed (None: never;
+    #: see :func:`diverging`)
+    diverge_score: float | None = 100.0
 
 
 @dataclass
@@ -89,6 +90,35 @@ class Certificate:
             "cert_scans_with_events": float(self.n_scans_with_events),
             "cert_max_gain": float(self.max_gain),
         }
+
+
+def diverging(lik, theta, l0, g, H, min_score) -> bool:
+    """Whether the gating slopes are running off to infinity (a sup at infinity, no maximum).
+
+    Probed only when the score scale max |beta1_i . x| exceeds ``min_score``: the Newton step
+    (Jacobi-scaled, curvatures floored at 1e-14 of the largest) must move some score by more
+    than 1, sharpen the gates further, and raise l. At a finite maximum the Newton step is
+    tiny; in a dense fit of a sparse truth (the K-bar = k fit of design T) the curvature
+    along the sharpening direction vanishes and the step is hundreds of score units long,
+    uphill. Beyond 100 * min_score the slopes count as diverging without a probe.
+    """
+    sharp = lik.sharpness(theta)
+    if sharp <= min_score:
+        return False
+    if sharp > 100.0 * min_score:
+        return True
+    d = np.sqrt(np.abs(np.diag(H)))
+    d[d == 0] = 1.0
+    lam, Q = np.linalg.eigh(-H / np.outer(d, d))
+    lam = np.maximum(lam, 1e-14 * max(float(lam.max()), 1e-300))
+    s = (Q @ ((Q.T @ (g / d)) / lam)) / d
+    if lik.score_scale(s) <= 1.0:
+        return False
+    th = theta + s
+    if lik.sharpness(th) <= sharp:
+        return False
+    lt = lik.loglik(th)
+    return bool(np.isfinite(lt) and lt > l0)
 
 
 def bound_held(lik, theta, g) -> np.ndarray:
@@ -169,12 +199,13 @@ def certify(lik, theta, l0, g, normals, pairs, settings: CertificateSettings) ->
     tol = settings.tol_per_obs * n
     held = bound_held(lik, theta, g)
     cert = Certificate(radius=settings.radius, tol=tol, n_bound=int(held.sum()))
-    sharp = lik.sharpness(theta)
-    if settings.diverge_score is not None and sharp > settings.diverge_score:
-        # the likelihood is flat at infinity: a small gradient there certifies nothing
-        cert.refusal = (f"diverging slopes: score scale {sharp:.3g} > "
-                        f"{settings.diverge_score:g}")
-        return cert
+    if settings.diverge_score is not None and lik.sharpness(theta) > settings.diverge_score:
+        _, _, H = lik.grad_hess(theta)
+        if diverging(lik, theta, l0, g, H, settings.diverge_score):
+            # the likelihood is flat at infinity: a small gradient there certifies nothing
+            cert.refusal = (f"diverging slopes: score scale {lik.sharpness(theta):.3g}, and "
+                            "l still rises along the Newton step that sharpens the gates")
+            return cert
     smooth = np.zeros(lik.m, dtype=bool)
     smooth[lik.smooth] = True
     cert.grad_smooth = float(np.linalg.norm(g[smooth & ~held])) / n

@@ -20,9 +20,9 @@ refinement is an active-set trust-region Newton method on the current piece:
   higher one within the scan radius is never returned as certified.
 
 Stop reasons: ``certified``, ``certified_on_tie``, ``certified_on_bound``; ``diverging``
-(the gating slopes grow without bound: the score scale max |beta1_i . x| exceeds
-``diverge_score`` while the log-likelihood keeps creeping up, the fit of a dense model to a
-sparse truth); ``stalled`` (no step gains and the certificate refuses); ``max_iter``;
+(the gating slopes grow without bound: beyond a score scale of ``diverge_score`` the Newton
+step is hundreds of score units long, sharpens the gates and still raises the
+log-likelihood, as in the fit of a dense model to a sparse truth); ``stalled`` (no step gains and the certificate refuses); ``max_iter``;
 ``timeout``; ``non_finite``.
 """
 
@@ -39,6 +39,7 @@ from simstudy.estimation.certificate import (
     CertificateSettings,
     bound_held,
     certify,
+    diverging,
     multipliers,
     nudges,
 )
@@ -60,7 +61,8 @@ class NewtonSettings:
     max_iter : int
         Cap on the iteration count (EM iterations before the switch included).
     diverge_score : float
-        Score scale max |beta1_i . x| beyond which slopes count as diverging (None: never).
+        Score scale max |beta1_i . x| beyond which diverging slopes are probed (None: never;
+        see :func:`~simstudy.estimation.certificate.diverging`).
     deadline : float or None
         ``time.perf_counter()`` value after which the fit stops with "timeout".
     stall_iter : int
@@ -69,7 +71,7 @@ class NewtonSettings:
 
     certificate: CertificateSettings = CertificateSettings()
     max_iter: int = 5000
-    diverge_score: float | None = 1e3
+    diverge_score: float | None = 100.0
     deadline: float | None = None
     stall_iter: int = 8
 
@@ -152,7 +154,8 @@ def refine(lik, theta, l0, trace, n_iter, settings: NewtonSettings) -> RefineOut
         n_newton += 1
         if not (np.isfinite(l_cur) and np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
             return RefineOut(theta, l_cur, n_iter, "non_finite", cert, n_newton, n_moves)
-        if settings.diverge_score is not None and lik.sharpness(theta) > settings.diverge_score:
+        if settings.diverge_score is not None and diverging(lik, theta, l_cur, g, H,
+                                                            settings.diverge_score):
             return RefineOut(theta, l_cur, n_iter, "diverging", cert, n_newton, n_moves)
         diag = np.abs(np.diag(H))
         # coordinates the likelihood does not depend on (gating with K = 1) are left out

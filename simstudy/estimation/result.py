@@ -83,8 +83,10 @@ class FitResult:
     n_init, best_restart : int
         Configured starts; index of the kept start among all starts run.
     n_passes : int
-        Full-data evaluations of all starts (log-likelihood, gradient, Hessian, EM pass, one
-        per node of an exact line scan); ``pass_counts`` splits them by kind.
+        Full-data evaluations of the whole fit, all starts and checks included
+        (log-likelihood, gradient, Hessian, EM pass, one per node of an exact line scan; a
+        data start's subsample EM counted in proportion to its size); ``pass_counts``
+        splits them by kind.
     certificate : Certificate or None
         The last certificate of the kept start (its tolerances, radius and diagnostics).
     starts : tuple of dict
@@ -102,8 +104,9 @@ class FitResult:
     cov : numpy.ndarray or None
         Covariance of the free parameters (inverse observed information; log variances).
     information : str
-        ``"ok"``, ``"singular"`` (the observed information is not positive definite or is
-        ill-conditioned, as in over-specified fits) or ``"not_computed"``.
+        ``"ok"``, ``"singular"`` (over-specified fits, or an observed information that is not
+        positive definite or is ill-conditioned; ``information_note`` says which) or
+        ``"not_computed"`` (papers' protocol).
     bse_vector : numpy.ndarray or None
         Standard errors in the order of ``names``; NaN for the reference expert's fixed
         gating, all NaN when the information is singular.
@@ -132,6 +135,7 @@ class FitResult:
     names: tuple = ()
     cov: np.ndarray | None = None
     information: str = "not_computed"
+    information_note: str = ""
     bse_vector: np.ndarray | None = None
 
     @property
@@ -220,7 +224,8 @@ class FitResult:
             lines.append("  starts: " + ", ".join(f"{s['label']} {s['loglik']:.4f} ({s['stop']})"
                                                  for s in self.starts)
                          + f"; kept {self.best_start}")
-        lines.append(f"  standard errors: {self.information}")
+        lines.append(f"  standard errors: {self.information}"
+                     + (f" ({self.information_note})" if self.information_note else ""))
         if self.names:
             ci = self.conf_int()
             est = params_vector(self.params)
