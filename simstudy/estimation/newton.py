@@ -22,8 +22,8 @@ refinement is an active-set trust-region Newton method on the current piece:
 Stop reasons: ``certified``, ``certified_on_tie``, ``certified_on_bound``; ``diverging``
 (the gating slopes grow without bound: beyond a score scale of ``diverge_score`` the Newton
 step is hundreds of score units long, sharpens the gates and still raises the
-log-likelihood, as in the fit of a dense model to a sparse truth); ``stalled`` (no step gains and the certificate refuses); ``max_iter``;
-``timeout``; ``non_finite``.
+log-likelihood, as in the fit of a dense model to a sparse truth); ``stalled`` (no step
+gains and the certificate refuses); ``max_iter``; ``timeout``; ``non_finite``.
 """
 
 from __future__ import annotations
