@@ -30,7 +30,7 @@ bench: install
 	$(PY) -m benchmarks
 
 # full-scale studies (resumable: rerunning computes only missing tasks), then the reports
-STUDIES ?= topk_exact topk_over topk_kbar_sweep topk_K_sweep dense_exact dense_over
+STUDIES ?= topk_exact topk_over topk_kbar_sweep topk_K_sweep topk_planar dense_exact dense_over
 STUDY_SPECS = $(addprefix studies/,$(addsuffix .toml,$(STUDIES)))
 SIMSTUDY := $(PY) -m simstudy
 

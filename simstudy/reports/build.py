@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from simstudy.reports.coverage import write_fit_checks
 from simstudy.reports.figures import sweep_figure, write_figures
 from simstudy.reports.rates import BOUND_RULES, DEFAULT_TOL, INCLUDED_STATUSES, rate_table
 from simstudy.reports.summaries import per_n_summary
@@ -84,6 +85,7 @@ def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
     summary = per_n_summary(df)
     out = Path(out)
     files = write_tables(study, df, rates, summary, out)
+    files += write_fit_checks(study, df, out)  # coverage, certificates, global checks
     theory.to_csv(out / "tables" / f"{study}_theory.csv", index=False)
     files.append(out / "tables" / f"{study}_theory.csv")
     if figures:
