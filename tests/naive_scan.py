@@ -98,3 +98,20 @@ def brute_force_max(X, y, params, dbeta0, dbeta1, K, t_lo, t_hi, m=4001):
     vals = line_loglik_many(X, y, params, dbeta0, dbeta1, ts, K) - l0
     q = int(np.argmax(vals))
     return float(vals[q]), float(ts[q])
+
+
+def smooth_loglik(X, y, beta0, beta1, a, b, v, K, tau):
+    """The smoothed-selection log-likelihood: membership sigmoid((s_i - c) / tau), c the
+    midpoint of the K-th and (K+1)-th largest scores (no smoothing when K = k)."""
+    from scipy.special import log_expit, logsumexp
+
+    s = X @ beta1.T
+    k = s.shape[1]
+    lm = 0.0
+    if K < k:
+        srt = np.sort(s, axis=1)
+        c = 0.5 * (srt[:, k - K] + srt[:, k - K - 1])
+        lm = log_expit((s - c[:, None]) / tau)
+    eta = s + beta0 + lm
+    logn = -0.5 * (np.log(2 * np.pi * v) + (y[:, None] - (X @ a.T + b)) ** 2 / v)
+    return float((logsumexp(eta + logn, axis=1) - logsumexp(eta, axis=1)).sum())

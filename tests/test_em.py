@@ -335,6 +335,7 @@ BAD_OPTIONS = [
     (dict(k=3, K=2, scan_radius=0.0), "scan_radius: must be > 0"),
     (dict(k=3, K=2, scan_tol=-1e-9), "scan_tol: must be > 0"),
     (dict(k=3, K=2, newton_switch=0.0), "newton_switch: must be > 0"),
+    (dict(k=3, K=2, continuation="yes"), "continuation: expected .auto., True or False"),
     (dict(k=4, K=2, init="data", truth_start=True),
      r"truth_start: with init='data' the fit must have the truth's k\* = 3"),
     (dict(k=3, K=2, noise_schedule="fast"), "noise_schedule: unknown schedule 'fast'"),

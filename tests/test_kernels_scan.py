@@ -178,3 +178,30 @@ def test_chebyshev_helpers_interpolate_polynomials_exactly():
     xs = np.linspace(-0.2, 0.5, 7)
     got = scan.cheb_values(np.tile(coef, (7, 1)), (xs - 0.15) / 0.35)
     np.testing.assert_allclose(got, 3 - 2 * xs + 5 * xs**3 - xs**8, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("d,k,K", CASES + [(2, 3, 1)])
+def test_smoothed_loglik_and_gradient_match_reference(d, k, K):
+    X, y, params, _, _ = problem(d, k, K, n=50, seed=5)
+    ref = int(np.flatnonzero(np.all(params[1] == 0, axis=1) & (params[0] == 0))[0])
+    tau = 0.2
+    g = np.zeros(naive.pack(*params, ref).size)
+    ll = kernels_scan.smooth_loglik_grad(X, y, *params, K, ref, tau, g)
+    assert ll == pytest.approx(naive_scan.smooth_loglik(X, y, *params, K, tau), rel=1e-12)
+    theta = naive.pack(*params, ref)
+    fd = np.zeros_like(theta)
+    for u in range(theta.size):
+        tp, tm = theta.copy(), theta.copy()
+        tp[u] += 1e-6
+        tm[u] -= 1e-6
+        fd[u] = (naive_scan.smooth_loglik(X, y, *naive.unpack(tp, k, d, ref), K, tau)
+                 - naive_scan.smooth_loglik(X, y, *naive.unpack(tm, k, d, ref), K, tau)) / 2e-6
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-6)
+
+
+def test_smoothed_loglik_tends_to_the_hard_one():
+    X, y, params, _, _ = problem(2, 4, 2, n=200, seed=6)
+    hard = naive.loglik(X, y, *params, 2)
+    gaps = [abs(naive_scan.smooth_loglik(X, y, *params, 2, tau) - hard)
+            for tau in (0.3, 0.03, 0.003, 3e-5)]
+    assert gaps[-1] < 1e-2 and all(a >= b for a, b in zip(gaps, gaps[1:], strict=False))

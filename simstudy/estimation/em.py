@@ -25,6 +25,7 @@ from simstudy.estimation.acceleration import StepOut
 from simstudy.estimation.align import align_to_truth
 from simstudy.estimation.base import BaseEM, _check_number
 from simstudy.estimation.certificate import CertificateSettings, certify
+from simstudy.estimation.continuation import smoothed_path
 from simstudy.estimation.inference import observed_inference
 from simstudy.estimation.init import INITS, NOISE_SCHEDULES, data_start, near_truth_start
 from simstudy.estimation.likelihood import Likelihood
@@ -106,6 +107,12 @@ class TopKMoEEM(BaseEM):
     scan_tol : float, default=1e-9
         Certificate tolerance per observation: a scan refuses when it finds a value above
         l + scan_tol * n.
+    continuation : "auto", True or False, default="auto"
+        "newton" only: between EM and the Newton refinement, follow the maximum of a
+        smoothed-selection likelihood towards the hard one
+        (:mod:`simstudy.estimation.continuation`), kept only where it raises the hard
+        log-likelihood. "auto": where boundaries move with the slopes (d >= 2, K < k); in
+        d = 1 every boundary sits at x = 0 whatever the slopes.
     n_threads : int, default=1
         Threads of numba's parallel data passes for this one fit (blocks of points in a
         ``prange``, same results to the bit). Worth it for a single large fit (n >= 1e6) on
@@ -156,6 +163,7 @@ class TopKMoEEM(BaseEM):
         beta1_bound=None,
         scan_radius=0.05,
         scan_tol=1e-9,
+        continuation="auto",
         n_threads=1,
     ):
         super().__init__(
@@ -181,6 +189,7 @@ class TopKMoEEM(BaseEM):
         self.extra_atoms = extra_atoms
         self.var_floor = var_floor
         self.beta1_bound = beta1_bound
+        self.continuation = continuation
         self.n_threads = n_threads
 
     # -- validation ---------------------------------------------------------------------------
@@ -195,6 +204,9 @@ class TopKMoEEM(BaseEM):
                                        strict=False) > 1  # fmt: skip
         _check_number("init_noise", self.init_noise, low=0.0, strict=False)
         _check_number("beta1_bound", self.beta1_bound, low=0.0, allow_none=True)
+        if not (self.continuation == "auto" or isinstance(self.continuation, bool | np.bool_)):
+            raise ValueError(
+                f"continuation: expected 'auto', True or False, got {self.continuation!r}")
         if self.init not in INITS:
             raise ValueError(f"init: unknown start {self.init!r}; allowed: {list(INITS)}")
         if self.noise_schedule not in NOISE_SCHEDULES:
@@ -414,7 +426,18 @@ class TopKMoEEM(BaseEM):
         normals, pairs = lik.boundary_normals(theta)
         return certify(lik, theta, l0, g, normals, pairs, self._cert_settings())
 
+    def _use_continuation(self) -> bool:
+        if self.continuation == "auto":
+            return self._d >= 2 and self._K < self._k
+        return bool(self.continuation)
+
     def _refine(self, theta, loglik, trace, n_iter, deadline):
+        if self._use_continuation():
+            theta_c = smoothed_path(self._lik, theta)
+            l_c = self._loglik(theta_c)
+            if np.isfinite(l_c) and l_c >= loglik:  # monotone: only a higher point is kept
+                theta, loglik = theta_c, l_c
+                trace.append(l_c)
         cs = self._cert_settings()
         settings = NewtonSettings(certificate=cs, max_iter=int(self.max_iter),
                                   diverge_score=cs.diverge_score, deadline=deadline)

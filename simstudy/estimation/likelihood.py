@@ -48,9 +48,9 @@ class Likelihood:
         self.xmax = np.maximum(np.max(np.abs(X), axis=0), 1e-300)
         self.parallel = bool(parallel)
         self.passes = 0
-        #: passes by kind (loglik, grad, hess, events, nodes, boundary, em)
+        #: passes by kind (loglik, grad, hess, events, nodes, boundary, em, smooth)
         self.counts = dict.fromkeys(("loglik", "grad", "hess", "events", "nodes", "boundary",
-                                     "em"), 0)
+                                     "em", "smooth"), 0)
         self._grad = np.zeros(self.m)
         self.set_ref(0)
 

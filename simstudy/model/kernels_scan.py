@@ -36,7 +36,7 @@ from simstudy.model.kernels import LOG_2PI
 from simstudy.model.vmath import vexp, vlog
 
 __all__ = ["MAX_EXPERTS", "selection_mask", "line_breaks", "line_nodes", "line_events",
-           "line_logdensity", "boundary_pairs"]
+           "line_logdensity", "boundary_pairs", "smooth_loglik_grad"]
 
 #: selections are int64 bit masks
 MAX_EXPERTS = 62
@@ -453,3 +453,119 @@ def boundary_pairs(X, beta1, K, atol, out_pt, out_i, out_j):
                         out_j[count] = j
                     count += 1
     return count
+
+
+@njit(cache=True, nogil=True)
+def _log_sigmoid(z):
+    if z >= 0.0:
+        return -math.log1p(math.exp(-z))
+    return z - math.log1p(math.exp(z))
+
+
+@njit(cache=True, nogil=True)
+def smooth_loglik_grad(X, y, beta0, beta1, a, b, v, K, ref, tau, grad):
+    """Smoothed-selection log-likelihood and its gradient in the free parameters.
+
+    The hard top-K membership is replaced by m_i(x) = sigmoid((s_i - c(x)) / tau) with c(x)
+    the midpoint of the K-th and (K+1)-th largest scores: every expert enters the softmax with
+    logit eta_i = s_i + beta0_i + log m_i, and l_n = LSE(eta + log N) - LSE(eta). As tau -> 0
+    this tends to the top-K likelihood; at tau > 0 it is smooth in the slopes and its gradient
+    carries the "boundary force" that the held-active-set gradient misses. ``grad`` (n_free,
+    kernels order) is zeroed first; with K = k the membership is 1 (the dense likelihood).
+    """
+    n, d = X.shape
+    k = beta0.shape[0]
+    p = d + 1
+    ng = (k - 1) * p
+    grad[:] = 0.0
+    logv = np.log(v)
+    s = np.empty(k)
+    srt = np.empty(k)
+    eta = np.empty(k)
+    lj = np.empty(k)
+    res = np.empty(k)
+    sg = np.empty(k)
+    blk = np.empty(k, dtype=np.int64)
+    c0 = 0
+    for i in range(k):
+        if i == ref:
+            blk[i] = -1
+        else:
+            blk[i] = c0 * p
+            c0 += 1
+    total = 0.0
+    for nn in range(n):
+        for i in range(k):
+            acc = 0.0
+            for t in range(d):
+                acc += beta1[i, t] * X[nn, t]
+            s[i] = acc
+            srt[i] = acc
+        ia = -1
+        ib = -1
+        c = 0.0
+        if K < k:
+            _sort_inplace(srt, k)  # ascending: the K-th largest is srt[k - K]
+            c = 0.5 * (srt[k - K] + srt[k - K - 1])
+            # the experts whose scores make the midpoint (first match of each value)
+            for i in range(k):
+                if ia < 0 and s[i] == srt[k - K]:
+                    ia = i
+            for i in range(k):
+                if ib < 0 and i != ia and s[i] == srt[k - K - 1]:
+                    ib = i
+        m1 = -np.inf
+        m2 = -np.inf
+        for i in range(k):
+            e = s[i] + beta0[i]
+            if K < k:
+                z = (s[i] - c) / tau
+                e += _log_sigmoid(z)
+                sg[i] = 1.0 / (1.0 + math.exp(z)) / tau  # d log m_i / d s_i = sigmoid(-z) / tau
+            mu = b[i]
+            for t in range(d):
+                mu += a[i, t] * X[nn, t]
+            r = y[nn] - mu
+            res[i] = r
+            eta[i] = e
+            lj[i] = e - 0.5 * (LOG_2PI + logv[i] + r * r / v[i])
+            if e > m1:
+                m1 = e
+            if lj[i] > m2:
+                m2 = lj[i]
+        sw = 0.0
+        sr = 0.0
+        for i in range(k):
+            eta[i] = math.exp(eta[i] - m1)
+            lj[i] = math.exp(lj[i] - m2)
+            sw += eta[i]
+            sr += lj[i]
+        total += (m2 + math.log(sr)) - (m1 + math.log(sw))
+        # dl / d eta_i = r_i - w_i; the midpoint c moves with the scores of ia and ib
+        dc = 0.0
+        for i in range(k):
+            ri = lj[i] / sr
+            wi = eta[i] / sw
+            lj[i] = ri
+            eta[i] = ri - wi  # now dl / d eta_i
+            if K < k:
+                dc -= eta[i] * sg[i]
+        for i in range(k):
+            ds = eta[i]
+            if K < k:
+                ds += eta[i] * sg[i]
+                if i == ia or i == ib:
+                    ds += 0.5 * dc
+            bj = blk[i]
+            if bj >= 0:
+                for t in range(d):
+                    grad[bj + t] += ds * X[nn, t]
+                grad[bj + d] += eta[i]
+            ri = lj[i]
+            ce = ri * res[i] / v[i]
+            gb = ng + i * p
+            for t in range(d):
+                grad[gb + t] += ce * X[nn, t]
+            grad[gb + d] += ce
+            grad[ng + k * p + i] += 0.5 * ri * (res[i] * res[i] / v[i] - 1.0)
+    return total
