@@ -282,3 +282,22 @@ def test_continuation_reaches_a_higher_maximum_than_scans_alone_on_design_P():
     assert scans.loglik < l_true - 10 and cont.loglik >= l_true
     assert cont.pass_counts["smooth"] > 0 and scans.pass_counts["smooth"] == 0
     assert_monotone(cont.loglik_trace)
+
+
+def test_data_started_strict_fits_start_from_the_truth_only_with_its_experts(tmp_path):
+    from simstudy.engine import load_spec
+    from simstudy.engine.task import fit_options, run_task
+
+    (tmp_path / "datastart.toml").write_text(
+        '[study]\nname = "datastart"\nroot_seed = 3\nreplications = 1\n[design]\nname = "T"\n'
+        '[n_grid]\nvalues = [300]\n[em]\nmax_iter = 30\n'
+        '[[fit]]\nlabel = "exact"\nk = 3\nK = 2\ninit = "data"\nprotocols = ["strict"]\n'
+        '[[fit]]\nlabel = "over"\nk = 4\nK = 3\nextra_atoms = [1]\ninit = "data"\n'
+        'protocols = ["strict"]\n')
+    spec = load_spec(tmp_path / "datastart.toml")
+    for task in spec.tasks():
+        opts = fit_options(task)
+        assert opts["truth_start"] == (task.fit["k"] == 3)
+        assert ("true_params" in opts) == (task.fit["k"] == 3)
+        out = run_task(task)
+        assert out["status"] != "error", out["message"]

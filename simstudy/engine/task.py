@@ -67,6 +67,12 @@ def fit_options(task) -> dict:
     if fit["init"] == "near_truth":
         opts["true_params"] = task.truth()
         opts["extra_atoms"] = tuple(fit["extra_atoms"])
+    elif opts.get("truth_start"):
+        # a data-started fit can start from the truth too when it has the truth's k experts
+        if fit["k"] == task.truth().k:
+            opts["true_params"] = task.truth()
+        else:
+            opts["truth_start"] = False
     if fit.get("init_noise") is not None:
         opts["init_noise"] = fit["init_noise"]
     if fit.get("n_init") is not None:

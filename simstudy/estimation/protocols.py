@@ -18,14 +18,13 @@ def protocol_options(name: str, n: int, *, over_specified: bool = True) -> dict:
     name : {"papers", "strict"}
         ``"papers"``: the authors' protocol: near-truth start with the n-dependent noise
         schedule, tol = 1e-6 relative, max_iter = 2000, best of 5 starts for over-specified
-        fits. ``"strict"``: near-truth start with fixed noise 0.1, run to strict convergence
-        (scaled gradient norm <= 1e-6 together with a relative change <= 1e-10) with the
-        "lbfgs" acceleration (EM, an L-BFGS polish, SQUAREM cycles to certify; 3-7x cheaper
-        than SQUAREM alone in ``python -m benchmarks``), max_iter = 5000 iterations (a SQUAREM
-        cycle is about 3 EM steps, so about 15000 EM steps). The cap matters: an
-        over-specified top-K fit can crawl towards a maximum on a selection kink (e.g. an extra
-        atom's slope tending to the reference's, where the top-K set flips), where the
-        held-active-set gradient does not vanish; such fits end "max_iter" (not converged).
+        fits. ``"strict"``: near-truth start with fixed noise 0.1; EM to a relative change of
+        1e-4, a smoothed-selection continuation where boundaries move, then trust-region
+        Newton with boundary moves (``acceleration="newton"``) until a certificate holds on
+        the piecewise-smooth likelihood (gradients <= 1e-6 per observation, exact scans
+        across the region boundaries; see :mod:`simstudy.estimation.certificate`); global
+        checks from the truth and ``STRICT_DATA_STARTS`` data-driven starts, keeping the best
+        admissible fit; at most 5000 iterations per start.
     n : int
         Sample size (the papers' noise shrinks with n; kept in the signature for both).
     over_specified : bool, default=True
@@ -35,7 +34,8 @@ def protocol_options(name: str, n: int, *, over_specified: bool = True) -> dict:
     Returns
     -------
     dict
-        ``tol, grad_tol, max_iter, acceleration, init, init_noise, noise_schedule, n_init``.
+        ``tol, grad_tol, max_iter, acceleration, init, init_noise, noise_schedule, n_init``,
+        and for "strict" also ``truth_start, n_data_starts``.
     """
     if name not in PROTOCOLS:
         raise ValueError(f"name: unknown protocol {name!r}; allowed: {list(PROTOCOLS)}")
