@@ -301,3 +301,18 @@ def test_data_started_strict_fits_start_from_the_truth_only_with_its_experts(tmp
         assert ("true_params" in opts) == (task.fit["k"] == 3)
         out = run_task(task)
         assert out["status"] != "error", out["message"]
+
+
+def test_em_warm_up_stops_short_of_a_tie_that_flips_the_selection():
+    from simstudy.estimation.em import _tie_cap
+
+    # d = 1, K = 2 of 3: slopes -1, 0 (reference), -3; the step moves expert 0 up through 0
+    beta1 = np.array([-1.0, 0.0, -3.0])
+    cap = _tie_cap(beta1, np.array([2.0, 0.0, 0.0]), 2, 1.0)
+    assert 0.5 - 1e-9 < cap < 0.5  # the tie with the reference is at t = 0.5, a margin short
+    # crossing expert 2 at x < 0 changes nothing for K = 2 of 3 here: both stay selected
+    assert _tie_cap(beta1, np.array([0.0, 0.0, 1.5]), 3, 1.0) == 1.0
+    # already at the margin and still approaching: no step
+    assert _tie_cap(np.array([-1e-13, 0.0, -3.0]), np.array([1.0, 0.0, 0.0]), 2, 1.0) == 0.0
+    # moving away from the tie is free
+    assert _tie_cap(beta1, np.array([-1.0, 0.0, 0.0]), 2, 1.0) == 1.0

@@ -307,11 +307,22 @@ class TopKMoEEM(BaseEM):
         return self._start_vector(parts)
 
     def _global_start(self, kind, rng, index):
-        """The truth itself (noise 0, extra atoms as configured) or a data-driven start."""
+        """The truth itself or a data-driven start.
+
+        The truth start of an over-specified fit puts each extra atom on its true expert
+        (mass split, as in near-truth starts) with the slope moved by 0.05 score units: two
+        exactly equal slopes would leave the order of their scores to rounding, point by
+        point, as soon as an iteration moves them.
+        """
         if kind == "truth":
             extra = self._extra if self.init == "near_truth" else []
-            parts = near_truth_start(self.true_params, self._k, extra, 0.0, None, self._n, rng)
-            return self._start_vector(parts)
+            beta0, beta1, a, b, v, ref = near_truth_start(self.true_params, self._k, extra, 0.0,
+                                                          None, self._n, rng)
+            k_star = self.true_params.k
+            if self._k > k_star:
+                beta1 = beta1.copy()
+                beta1[k_star:] += 0.05 / float(np.max(self._lik.xmax))
+            return self._start_vector((beta0, beta1, a, b, v, ref))
         return self._subsample_start(rng)
 
     def _subsample_start(self, rng):
@@ -548,6 +559,11 @@ class TopKMoEEM(BaseEM):
         step = np.zeros((self._k, p))
         step[free] = delta.reshape(-1, p)
         t = 1.0
+        if self.acceleration == "newton" and d == 1 and self._K < self._k:
+            # warm-up for Newton: never halve onto a tie (see _tie_cap)
+            t = _tie_cap(beta1[:, 0], step[:, 0], self._K, float(np.max(self._lik.xmax)))
+            if t <= 0.0:
+                return None
         bound = self.beta1_bound
         for halving in range(self.max_halvings):
             b1 = beta1 + t * step[:, :d]
@@ -583,6 +599,41 @@ class TopKMoEEM(BaseEM):
         if not np.isfinite(l1):
             return None
         return StepOut(theta_new, l0, l1, gnorm)
+
+
+def _tie_cap(beta1, step1, K, xmax, rel_margin=1e-10):
+    """Largest step fraction in (0, 1] that stops short of a tie changing the selection (d = 1).
+
+    In d = 1 every boundary sits at x = 0, so the selection changes along a step only where
+    two slopes cross, and only if the top-K sets at x = +1 or x = -1 differ on the two sides.
+    Halving a step that crosses such a tie approaches it geometrically until the two slopes
+    differ by a few ulps, where the order of their scores is decided by rounding point by
+    point; the strict protocol's EM warm-up therefore stops a margin (1e-10 of the score
+    scale) short of it. Returns 1.0 without such a crossing, 0.0 when already at the margin.
+    """
+    k = beta1.shape[0]
+    scale = max(float(np.max(np.abs(beta1))) * xmax, 1.0)
+    margin = rel_margin * scale / xmax
+
+    def sets(b):
+        order = np.lexsort((np.arange(k), -b))  # ties to the lower index
+        low = np.lexsort((np.arange(k), b))
+        return frozenset(order[:K].tolist()), frozenset(low[:K].tolist())
+
+    cap = 1.0
+    for i in range(k):
+        for j in range(i + 1, k):
+            rate = step1[i] - step1[j]
+            gap = beta1[j] - beta1[i]
+            if rate == 0.0 or not 0.0 <= gap / rate <= 1.0:
+                continue
+            tc = gap / rate
+            before = sets(beta1 + 0.5 * tc * step1) if tc > 0 else sets(beta1)
+            after = sets(beta1 + min(1.0, tc + 1e-6 + 0.5 * (1.0 - tc)) * step1)
+            if before == after:
+                continue
+            cap = min(cap, max(tc - margin / abs(rate), 0.0))
+    return cap
 
 
 class _Stats:

@@ -130,6 +130,40 @@ def _extrapolate(lik, theta, s, th1, l1, max_doublings=3):
     return best, l_best, t_best
 
 
+def _snap_ties(lik, theta, l0, pairs):
+    """Make every tie of two slopes robust to rounding.
+
+    Two slopes a few ulps apart order the pair's scores by rounding, point by point, so any
+    later step would re-draw that order and change l by O(1). Each tied pair is set to exact
+    equality (the tie rule then picks the lower index everywhere) or to a difference of 1e-10
+    of the score scale either way, whichever gives the highest log-likelihood; the current
+    point is kept if it is higher still (the refinement stays monotone).
+    """
+    scale = max(lik.sharpness(theta), 1.0)
+    for i, j in pairs:
+        if not lik.is_tie(theta, (i, j)):
+            continue
+        beta1 = lik.unpack(theta)[1]
+        diff = beta1[i] - beta1[j]
+        u = diff / np.max(np.abs(diff)) if np.any(diff) else np.eye(lik.d)[0]
+        eps = 1e-10 * scale / float(np.max(np.abs(lik.xmax)) if lik.xmax.size else 1.0)
+        mover, anchor = (i, j) if i != lik.ref else (j, i)
+        sign = 1.0 if mover == i else -1.0
+        best = (l0, theta)
+        for off in (0.0, eps, -eps):
+            th = theta.copy()
+            # the mover's slope becomes the anchor's plus the offset, exactly
+            target = beta1[anchor] + sign * off * u
+            th[lik.idx_beta1[mover]] = target
+            if not lik.feasible(th):
+                continue
+            lt = lik.loglik(th)
+            if np.isfinite(lt) and lt > best[0]:
+                best = (lt, th)
+        l0, theta = best
+    return theta, l0
+
+
 def refine(lik, theta, l0, trace, n_iter, settings: NewtonSettings) -> RefineOut:
     """Refine ``theta`` (log-likelihood ``l0``) to a certified point; append accepted values
     to ``trace``; ``n_iter`` iterations were already spent (EM)."""
@@ -140,6 +174,12 @@ def refine(lik, theta, l0, trace, n_iter, settings: NewtonSettings) -> RefineOut
     theta = lik.clip(np.asarray(theta, dtype=np.float64))
     l_cur = float(l0)
     normals, pairs = lik.boundary_normals(theta)
+    if pairs:
+        theta, l_snap = _snap_ties(lik, theta, l_cur, pairs)
+        if l_snap > l_cur:
+            l_cur = l_snap
+            trace.append(l_cur)
+            normals, pairs = lik.boundary_normals(theta)
     radius = None
     stall = 0
     cert = None
@@ -182,6 +222,11 @@ def refine(lik, theta, l0, trace, n_iter, settings: NewtonSettings) -> RefineOut
                 trace.append(l_cur)
                 n_moves += 1
                 normals, pairs = lik.boundary_normals(theta)
+                theta, l_snap = _snap_ties(lik, theta, l_cur, pairs)
+                if l_snap > l_cur:
+                    l_cur = l_snap
+                    trace.append(l_cur)
+                    normals, pairs = lik.boundary_normals(theta)
                 radius = None
                 stall = 0
                 continue
@@ -257,6 +302,11 @@ def refine(lik, theta, l0, trace, n_iter, settings: NewtonSettings) -> RefineOut
                 radius = 0.25 * step_norm
             if hit:
                 normals, pairs = lik.boundary_normals(theta)
+                theta, l_snap = _snap_ties(lik, theta, l_cur, pairs)
+                if l_snap > l_cur:
+                    l_cur = l_snap
+                    trace.append(l_cur)
+                    normals, pairs = lik.boundary_normals(theta)
         else:
             radius = 0.25 * step_norm
             if radius < 1e-14:
