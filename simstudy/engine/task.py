@@ -167,3 +167,7 @@ def warmup(task) -> None:
 
     small = replace(task, n=max(50, 10 * task.fit["k"]), em={**task.em, "max_iter": 3})
     run_task(small)
+    from simstudy.model import kernels_scan
+
+    # the strict protocol's scans and continuation are not reached in three iterations
+    kernels_scan.warm_up(task.truth().d, task.fit["k"], task.fit["K"])

@@ -36,7 +36,7 @@ from simstudy.model.kernels import LOG_2PI
 from simstudy.model.vmath import vexp, vlog
 
 __all__ = ["MAX_EXPERTS", "selection_mask", "line_breaks", "line_nodes", "line_events",
-           "line_logdensity", "boundary_pairs", "smooth_loglik_grad"]
+           "line_logdensity", "boundary_pairs", "smooth_loglik_grad", "warm_up"]
 
 #: selections are int64 bit masks
 MAX_EXPERTS = 62
@@ -569,3 +569,25 @@ def smooth_loglik_grad(X, y, beta0, beta1, a, b, v, K, ref, tau, grad):
             grad[gb + d] += ce
             grad[ng + k * p + i] += 0.5 * ri * (res[i] * res[i] / v[i] - 1.0)
     return total
+
+
+def warm_up(d=1, k=3, K=2):
+    """Compile (or load from the numba cache) every kernel of this module on tiny inputs."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, (8, d))
+    y = rng.normal(size=8)
+    beta0, beta1 = np.zeros(k), rng.normal(size=(k, d))
+    beta1[0] = 0.0
+    a, b, v = rng.normal(size=(k, d)), np.zeros(k), np.ones(k)
+    db0, db1 = np.zeros(k), rng.normal(size=(k, d))
+    ev = (np.empty(64, dtype=np.int64), np.empty(64), np.empty(64, dtype=np.int8),
+          np.empty(64, dtype=np.int64), np.empty(64, dtype=np.int64))
+    count = min(line_breaks(X, beta1, db1, K, -1.0, 1.0, *ev), 64)
+    nodes = np.array([-0.5, 0.5])
+    line_nodes(X, y, beta0, beta1, a, b, v, K, db0, db1, nodes, np.empty(2))
+    line_events(X, y, beta0, beta1, a, b, v, db0, db1, nodes, ev[0][:count], ev[3][:count],
+                ev[4][:count], np.empty((count, 2)))
+    out = [np.empty(8, dtype=np.int64) for _ in range(3)]
+    boundary_pairs(X, beta1, K, 1e-9, *out)
+    grad = np.empty((k - 1) * (d + 1) + k * (d + 1) + k)
+    smooth_loglik_grad(X, y, beta0, beta1, a, b, v, K, 0, 0.1, grad)
