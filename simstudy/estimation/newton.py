@@ -164,6 +164,18 @@ def _snap_ties(lik, theta, l0, pairs):
     return theta, l0
 
 
+def _faces(lik, theta, l_cur, trace):
+    """The active faces at theta, after making its ties robust (see :func:`_snap_ties`)."""
+    normals, pairs = lik.boundary_normals(theta)
+    if pairs:
+        theta, l_snap = _snap_ties(lik, theta, l_cur, pairs)
+        if l_snap > l_cur:
+            l_cur = l_snap
+            trace.append(l_cur)
+            normals, pairs = lik.boundary_normals(theta)
+    return theta, l_cur, normals, pairs
+
+
 def refine(lik, theta, l0, trace, n_iter, settings: NewtonSettings) -> RefineOut:
     """Refine ``theta`` (log-likelihood ``l0``) to a certified point; append accepted values
     to ``trace``; ``n_iter`` iterations were already spent (EM)."""
@@ -172,14 +184,7 @@ def refine(lik, theta, l0, trace, n_iter, settings: NewtonSettings) -> RefineOut
     gt = cs.grad_tol
     noise = 1e-12 * max(1.0, abs(l0))
     theta = lik.clip(np.asarray(theta, dtype=np.float64))
-    l_cur = float(l0)
-    normals, pairs = lik.boundary_normals(theta)
-    if pairs:
-        theta, l_snap = _snap_ties(lik, theta, l_cur, pairs)
-        if l_snap > l_cur:
-            l_cur = l_snap
-            trace.append(l_cur)
-            normals, pairs = lik.boundary_normals(theta)
+    theta, l_cur, normals, pairs = _faces(lik, theta, float(l0), trace)
     radius = None
     stall = 0
     cert = None
@@ -221,12 +226,7 @@ def refine(lik, theta, l0, trace, n_iter, settings: NewtonSettings) -> RefineOut
                 theta, l_cur = cert.improvement
                 trace.append(l_cur)
                 n_moves += 1
-                normals, pairs = lik.boundary_normals(theta)
-                theta, l_snap = _snap_ties(lik, theta, l_cur, pairs)
-                if l_snap > l_cur:
-                    l_cur = l_snap
-                    trace.append(l_cur)
-                    normals, pairs = lik.boundary_normals(theta)
+                theta, l_cur, normals, pairs = _faces(lik, theta, l_cur, trace)
                 radius = None
                 stall = 0
                 continue
@@ -301,12 +301,7 @@ def refine(lik, theta, l0, trace, n_iter, settings: NewtonSettings) -> RefineOut
             elif ratio < 0.25:
                 radius = 0.25 * step_norm
             if hit:
-                normals, pairs = lik.boundary_normals(theta)
-                theta, l_snap = _snap_ties(lik, theta, l_cur, pairs)
-                if l_snap > l_cur:
-                    l_cur = l_snap
-                    trace.append(l_cur)
-                    normals, pairs = lik.boundary_normals(theta)
+                theta, l_cur, normals, pairs = _faces(lik, theta, l_cur, trace)
         else:
             radius = 0.25 * step_norm
             if radius < 1e-14:

@@ -32,7 +32,7 @@ import math
 import numpy as np
 from numba import njit
 
-from simstudy.model.kernels import LOG_2PI
+from simstudy.model.kernels import LOG_2PI, _gating_blocks
 from simstudy.model.vmath import vexp, vlog
 
 __all__ = ["MAX_EXPERTS", "selection_mask", "line_breaks", "line_nodes", "line_events",
@@ -265,7 +265,6 @@ def line_nodes(X, y, beta0, beta1, a, b, v, K, dbeta0, dbeta1, nodes, out):
     k = beta0.shape[0]
     nm = nodes.shape[0]
     out[:] = 0.0
-    logv = np.log(v)
     s = np.empty(k)
     u = np.empty(k)
     eta = np.empty((k, BLOCK))
@@ -288,21 +287,11 @@ def line_nodes(X, y, beta0, beta1, a, b, v, K, dbeta0, dbeta1, nodes, out):
         for j in range(nb):
             nn = n0 + j
             lm = -np.inf
+            _point_line(X, nn, y[nn], beta0, beta1, a, b, v, dbeta0, dbeta1, s, u, e1, e2, e3)
             for i in range(k):
-                si = 0.0
-                ui = 0.0
-                mi = b[i]
-                for t in range(d):
-                    xt = X[nn, t]
-                    si += beta1[i, t] * xt
-                    ui += dbeta1[i, t] * xt
-                    mi += a[i, t] * xt
-                s[i] = si
-                u[i] = ui
-                eta[i, j] = si + beta0[i]
-                deta[i, j] = ui + dbeta0[i]
-                r = y[nn] - mi
-                logd[i, j] = -0.5 * (LOG_2PI + logv[i] + r * r / v[i])
+                eta[i, j] = e1[i]
+                deta[i, j] = e2[i]
+                logd[i, j] = e3[i]
             mask = selection_mask(s, K)
             for i in range(k):
                 on = (mask >> i) & 1
@@ -485,14 +474,7 @@ def smooth_loglik_grad(X, y, beta0, beta1, a, b, v, K, ref, tau, grad):
     lj = np.empty(k)
     res = np.empty(k)
     sg = np.empty(k)
-    blk = np.empty(k, dtype=np.int64)
-    c0 = 0
-    for i in range(k):
-        if i == ref:
-            blk[i] = -1
-        else:
-            blk[i] = c0 * p
-            c0 += 1
+    blk = _gating_blocks(k, p, ref)
     total = 0.0
     for nn in range(n):
         for i in range(k):
