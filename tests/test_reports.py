@@ -106,7 +106,7 @@ def test_protocol_comparison_gap_is_matched_by_replication():
     df.loc[df.index[0], "n_iter"] = pd.NA
     comp = protocol_comparison(df, pd.DataFrame(
         {"label": ["kbar3"], "protocol": ["strict"], "metric": ["tv"], "slope": [-0.5],
-         "ci_low": [-0.6], "ci_high": [-0.4]}))
+         "ci95_low": [-0.6], "ci95_high": [-0.4]}))
     assert np.allclose(comp["per_n"]["median_loglik_gap_strict_minus_papers"], 2.5)
     assert (comp["per_n"]["pairs"] == 5).all()
     assert np.isnan(comp["slopes"]["slope_papers"]).all()
@@ -117,57 +117,88 @@ def test_protocol_comparison_gap_is_matched_by_replication():
 def fake_engine(monkeypatch):
     tables = {}
     mod = types.ModuleType("simstudy.engine")
-    mod.load_results = lambda spec: tables[Path(spec).stem]
+    mod.load_results = lambda spec: tables.get(Path(spec).stem, pd.DataFrame(
+        columns=["label", "protocol", "n", "rep", "status"]))
     mod.run_study = lambda *a, **k: None
     # a spec whose every task is in the table (a complete study)
     mod.load_spec = lambda spec: types.SimpleNamespace(
-        tasks=lambda: [None] * len(tables[Path(spec).stem]))
+        tasks=lambda: [None] * len(tables.get(Path(spec).stem, [])))
     monkeypatch.setitem(sys.modules, "simstudy.engine", mod)
     return tables
 
 
-def test_build_writes_tables_figures_and_readme(tmp_path, fake_engine, capsys, monkeypatch):
+def test_build_writes_data_tables_figures_and_readme(tmp_path, fake_engine, capsys):
     spec = tmp_path / "sweep.toml"
     spec.write_text(SPEC.format(name="sweep"))
     fake_engine["sweep"] = small_table()
     out = tmp_path / "results"
-    assert build.main([str(spec), "--out", str(out)]) == 0
+    assert build.main([str(spec), "--out", str(out), "--n-boot", "99"]) == 0
+    assert "sweep: 80 fits from store" in capsys.readouterr().out
     tables = {p.name for p in (out / "tables").iterdir()}
     for suffix in ("rates.csv", "rates.md", "summary.csv", "summary.md", "protocols.csv",
-                   "protocols.md", "theory.csv", "meta.json", "cost.csv", "cost.md"):
-        assert f"sweep_{suffix}" in tables
+                   "protocols.md", "theory.csv", "meta.json", "cost.csv", "cost.md",
+                   "partitions.md", "diagnostics.md"):
+        assert f"sweep_{suffix}" in tables, suffix
     figs = {p.name for p in (out / "figures").iterdir()}
     assert {"sweep_D2.png", "sweep_hellinger.png", "sweep_tv.png", "sweep_params_kbar2.png",
-            "sweep_params_kbar3.png", "sweep_sweep.png"} <= figs
-    for p in [*(out / "tables").iterdir(), *(out / "figures").iterdir()]:
-        assert p.stat().st_size > 0, p
+            "sweep_params_kbar3.png"} <= figs
     for p in (out / "tables").glob("*.md"):
         assert md_tables_ok(p.read_text()) >= 1, p
     rates = pd.read_csv(out / "tables" / "sweep_rates.csv")
     k2 = rates[(rates.label == "kbar2") & (rates.metric == "hellinger")]
-    assert k2.verdict.str.startswith("no guarantee").all()
+    assert (k2.verdict == "no guarantee").all()
+    md = (out / "tables" / "sweep_rates.md").read_text()
+    assert "| n range |" in md and "1e3-3e4 (4 n)" in md and "| fits per n |" in md
+    # the per-fit data are written beside the tables
+    data = pd.read_parquet(out / "data" / "sweep.parquet")
+    assert len(data) == 80 and {"n", "rep", "D2", "err_b_1", "cell_size_1"} <= set(data.columns)
     readme = (out / "README.md").read_text()
+    assert readme.startswith("# simstudy results\n\n## Headline rates")
     assert md_tables_ok(readme) >= 2
     assert "simstudy report " + str(spec) in readme and "statsmodels" in readme
     links = re.findall(r"\]\(([^)]+)\)", readme)
-    assert links and all((out / link).is_file() for link in links)
-    # headline = strict rows only
+    assert links and all((out / link).is_file() for link in links
+                         if not link.startswith("../"))
+    assert "![sweep: sweep_D2](figures/sweep_D2.png)" in readme
+    assert "![sweep: sweep_params_kbar3_multi](figures/sweep_params_kbar3_multi.png)" in readme
     head = readme.split("## Headline")[1].split("##")[0]
-    assert "| strict |" in head and "| papers |" not in head
+    assert "| sweep | kbar3 | D2 |" in head and "| kbar2 | hellinger | none |" in head
     # a second study keeps the first one listed
     spec2 = tmp_path / "other.toml"
     spec2.write_text(SPEC.format(name="other"))
     fake_engine["other"] = small_table("other", seed=1)
-    assert build.main([str(spec2), "--out", str(out), "--no-figures"]) == 0
+    assert build.main([str(spec2), "--out", str(out), "--no-figures", "--n-boot", "99"]) == 0
     readme = (out / "README.md").read_text()
     assert "### sweep" in readme and "### other" in readme
-    # a sweep kept in one spec per setting: one combined figure, linked from the README
-    monkeypatch.setattr(build, "write_figures", lambda *a, **k: [])  # only the sweep: fast
-    assert build.main([str(spec), str(spec2), "--out", str(out), "--sweep", "both"]) == 0
-    assert (out / "figures" / "both_sweep.png").stat().st_size > 0
-    assert "(figures/both_sweep.png)" in (out / "README.md").read_text()
     assert build.main([str(tmp_path / "nope.toml"), "--out", str(out)]) == 2
     assert "spec: no such file" in capsys.readouterr().err
+    assert build.main([str(spec), "--out", str(out), "--n-boot", "5"]) == 2
+
+
+def test_report_rebuilds_from_the_committed_data_without_a_store(tmp_path, fake_engine,
+                                                                 capsys):
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(SPEC.format(name="sweep"))
+    out = tmp_path / "results"
+    # no store rows and no data: a clear error
+    assert build.main([str(spec), "--out", str(out), "--no-figures", "--n-boot", "99"]) == 2
+    assert "has no results" in capsys.readouterr().err
+    fake_engine["sweep"] = small_table()
+    assert build.main([str(spec), "--out", str(out), "--no-figures", "--n-boot", "99"]) == 0
+    first = pd.read_csv(out / "tables" / "sweep_rates.csv")
+    del fake_engine["sweep"]  # the store is gone
+    capsys.readouterr()
+    assert build.main([str(spec), "--out", str(out), "--no-figures", "--n-boot", "99",
+                       "--from-data"]) == 0
+    assert "from " + str(out / "data" / "sweep.parquet") in capsys.readouterr().out
+    again = pd.read_csv(out / "tables" / "sweep_rates.csv")
+    pd.testing.assert_frame_equal(first, again)
+    # a data file of another study is refused
+    other = tmp_path / "other.toml"
+    other.write_text(SPEC.format(name="other"))
+    (out / "data" / "sweep.parquet").rename(out / "data" / "other.parquet")
+    assert build.main([str(other), "--out", str(out), "--no-figures", "--from-data"]) == 2
+    assert "holds study ['sweep'], not 'other'" in capsys.readouterr().err
 
 
 def test_readme_says_when_a_study_is_partial():

@@ -39,11 +39,15 @@ Format (every key not listed is an error)::
     k = 4                     # required: fitted experts, k = k* + len(extra_atoms)
     K = 3                     # required: fitted K, 1 <= K <= k
     extra_atoms = [1]         # true experts (numbered from 1 as in the spec) that get one extra
-                              # atom each; never the reference expert
+                              # atom per entry ([1, 1]: two extra atoms on expert 1); never the
+                              # reference expert
     init = "near_truth"       # or "data"
     init_noise = 0.1          # optional (>= 0): overrides the protocol's noise scale
     n_init = 5                # optional (>= 1): overrides the protocol's number of starts
-    protocols = ["papers", "strict"]   # required, at least one
+    beta1_bound = 20.0        # optional (> 0): bound |beta1_i| <= B in the fit (needs an
+                              # estimator with the option `beta1_bound`)
+    protocols = ["papers", "strict"]   # required, at least one of papers, strict,
+                              # shrinking_strict, fixed_tol (simstudy.estimation.protocols)
 
 A *condition* is one (design, n, fit, protocol) combination. Its id is a short sha256 of the
 canonical JSON of its content (design parameters and input law, n, fit settings without the
@@ -63,6 +67,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simstudy.estimation.protocols import PROTOCOLS
 from simstudy.model.designs import DESIGNS, get_design
 from simstudy.model.inputs import UniformBox, input_law_from_dict
 from simstudy.model.params import MoEParams
@@ -83,7 +88,6 @@ __all__ = [
     "METRIC_BASES",
 ]
 
-PROTOCOLS = ("papers", "strict")
 INITS = ("near_truth", "data")
 ACCELERATIONS = ("none", "squarem", "lbfgs")
 # [em] overrides: key -> (expected type description, validator)
@@ -99,7 +103,7 @@ _SECTIONS = {
     "n_grid": ("min", "max", "num", "values"),
     "em": EM_KEYS,
     "fit": ("label", "true_K", "k", "K", "extra_atoms", "init", "init_noise", "n_init",
-            "protocols"),
+            "beta1_bound", "protocols"),
 }
 _TOP = ("study", "design", "n_grid", "em", "fit")
 _PARAM_KEYS = ("beta0", "beta1", "a", "b", "v", "K", "ref")
@@ -231,6 +235,7 @@ class FitSpec:
     n_init: int | None = None
     protocols: tuple[str, ...] = ("strict",)
     true_K: int | None = None
+    beta1_bound: float | None = None
     design: DesignSpec | None = field(default=None, repr=False, compare=False)
 
     def content(self) -> dict:
@@ -245,6 +250,8 @@ class FitSpec:
         }
         if self.true_K is not None:  # only when given, so other ids do not move
             out["true_K"] = self.true_K
+        if self.beta1_bound is not None:  # likewise
+            out["beta1_bound"] = self.beta1_bound
         return out
 
 
@@ -688,6 +695,13 @@ def _parse_fit(r: _Reader, design: DesignSpec, design_raw: dict) -> FitSpec:
     n_init = r.get("n_init", int)
     if n_init is not None and n_init < 1:
         raise r.error("n_init", f"must be >= 1, got {n_init}")
+    beta1_bound = r.get("beta1_bound", float)
+    if beta1_bound is not None:
+        if beta1_bound <= 0:
+            raise r.error("beta1_bound", f"must be > 0, got {beta1_bound}")
+        if not _estimator_has("beta1_bound"):
+            raise r.error("beta1_bound", "this installation's estimator (TopKMoEEM) has no "
+                          "bounded-slope option beta1_bound")
     protocols = r.str_list("protocols", required=True)
     if not protocols:
         raise r.error("protocols", f"needs at least one protocol; allowed: {', '.join(PROTOCOLS)}")
@@ -698,4 +712,13 @@ def _parse_fit(r: _Reader, design: DesignSpec, design_raw: dict) -> FitSpec:
         raise r.error("protocols", f"duplicate protocol in {protocols}")
     return FitSpec(label=label, k=k, K=K, extra_atoms=tuple(extra), init=init,
                    init_noise=init_noise, n_init=n_init, protocols=tuple(protocols),
-                   true_K=true_K, design=fit_design)
+                   true_K=true_K, beta1_bound=beta1_bound, design=fit_design)
+
+
+def _estimator_has(option: str) -> bool:
+    """Whether :class:`~simstudy.estimation.TopKMoEEM` takes the keyword ``option``."""
+    import inspect
+
+    from simstudy.estimation import TopKMoEEM
+
+    return option in inspect.signature(TopKMoEEM).parameters

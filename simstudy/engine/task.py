@@ -66,6 +66,8 @@ def fit_options(task) -> dict:
         opts["init_noise"] = fit["init_noise"]
     if fit.get("n_init") is not None:
         opts["n_init"] = fit["n_init"]
+    if fit.get("beta1_bound") is not None:
+        opts["beta1_bound"] = fit["beta1_bound"]
     opts.update(task.em)
     return opts
 

@@ -2,8 +2,11 @@
 
 * :mod:`~simstudy.reports.theory` -- expected exponents derived from the design and the fit;
 * :mod:`~simstudy.reports.configs` -- fitted configurations from a spec or a tidy table;
-* :mod:`~simstudy.reports.rates` -- OLS log(metric) ~ log(n) with HC3 SE, verdicts;
-* :mod:`~simstudy.reports.summaries` -- per-n means, medians, MCSEs, status counts;
+* :mod:`~simstudy.reports.rates` -- median / 0.9-quantile regression of log(loss) on log(n)
+  with bootstrap intervals (:mod:`~simstudy.reports.quantreg` refits the resamples);
+* :mod:`~simstudy.reports.verdicts` -- three-way verdicts against the theory;
+* :mod:`~simstudy.reports.factorial` -- the 2 x 2 protocol factorial (start x stopping rule);
+* :mod:`~simstudy.reports.summaries` -- per-n means, medians, MCSEs, diagnostics;
 * :mod:`~simstudy.reports.tables`, :mod:`~simstudy.reports.figures` -- files under results/;
 * :mod:`~simstudy.reports.build` (``simstudy report``), :mod:`~simstudy.reports.check`
   (``simstudy check``).
@@ -11,9 +14,18 @@
 
 from simstudy.reports.check import check_failures, make_reference
 from simstudy.reports.configs import configs_from_spec, configs_from_table
-from simstudy.reports.rates import INCLUDED_STATUSES, RateFit, fit_rate, rate_table, verdict
+from simstudy.reports.factorial import factorial_table
+from simstudy.reports.rates import (
+    INCLUDED_STATUSES,
+    RateFit,
+    RateFits,
+    fit_rate,
+    fit_rates,
+    rate_table,
+)
 from simstudy.reports.summaries import per_n_summary
 from simstudy.reports.theory import FitConfig, expectations, theory_table
+from simstudy.reports.verdicts import verdict
 
 __all__ = [
     "FitConfig",
@@ -23,9 +35,12 @@ __all__ = [
     "configs_from_table",
     "INCLUDED_STATUSES",
     "RateFit",
+    "RateFits",
     "fit_rate",
+    "fit_rates",
     "rate_table",
     "verdict",
+    "factorial_table",
     "per_n_summary",
     "check_failures",
     "make_reference",

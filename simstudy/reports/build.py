@@ -1,9 +1,11 @@
-"""``simstudy report SPEC... [--out results]``: tables, figures and results/README.md.
+"""``simstudy report SPEC... [--out results]``: data, tables, figures and results/README.md.
 
-For each spec: load the tidy results (engine), derive the theory table from the spec's design
-and fits, fit the rates, write the tables and figures and a small ``<study>_meta.json``. Then
-regenerate ``<out>/README.md`` from every study whose tables are under ``<out>/tables`` (so
-building one study keeps the others listed).
+For each spec: load the tidy results (from the study's SQLite store when it has one, else from
+the committed per-fit data ``<out>/data/<study>.parquet``; ``--from-data`` insists on the data),
+write that data file (so the committed results can be rebuilt without rerunning a fit or having
+the store), derive the theory table from the spec's design and fits, fit the rates, write the
+tables and figures and a small ``<study>_meta.json``. Then regenerate ``<out>/README.md`` from
+every study whose tables are under ``<out>/tables`` (so building one study keeps the others).
 """
 
 from __future__ import annotations
@@ -18,13 +20,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from simstudy.reports.figures import sweep_figure, write_figures
-from simstudy.reports.rates import BOUND_RULES, DEFAULT_TOL, INCLUDED_STATUSES, rate_table
-from simstudy.reports.summaries import per_n_summary
-from simstudy.reports.tables import _ci, _theory_text, to_markdown, write_tables
+from simstudy.reports.factorial import factorial_table, format_factorial
+from simstudy.reports.figures import metric_figure, save_figure, write_figures
+from simstudy.reports.rates import (
+    DEFAULT_BOOT,
+    DEFAULT_TOL,
+    INCLUDED_STATUSES,
+    partition_table,
+    rate_table,
+)
+from simstudy.reports.summaries import diagnostic_summary, per_n_summary
+from simstudy.reports.tables import (
+    ci_text,
+    range_text,
+    theory_text,
+    to_markdown,
+    write_tables,
+)
 from simstudy.reports.theory import theory_table
+from simstudy.reports.verdicts import BOUND, MIN_LEVELS, MIN_REPS
 
-__all__ = ["build_study", "write_readme", "versions", "main"]
+__all__ = ["build_study", "write_readme", "versions", "data_path", "write_data", "read_data",
+           "load_study_data", "main"]
 
 _DISTANCES = ("D1", "D2", "hellinger", "tv")
 
@@ -41,20 +58,58 @@ def versions() -> dict[str, str]:
             "pandas": pd.__version__, "simstudy": simstudy.__version__}
 
 
-def _data_date(df: pd.DataFrame, store: Path | None) -> str:
-    for col in ("created", "created_at", "finished"):
-        if col in df.columns and df[col].notna().any():
-            return str(df[col].dropna().astype(str).max())
-    if store is not None and store.is_file():
-        ts = _dt.datetime.fromtimestamp(store.stat().st_mtime, _dt.UTC)
-        return ts.isoformat(timespec="seconds") + " (store file time)"
-    return "unknown"
+def data_path(out, study: str) -> Path:
+    """Where the per-fit data of a study are committed: ``<out>/data/<study>.parquet``."""
+    return Path(out) / "data" / f"{study}.parquet"
+
+
+def write_data(df: pd.DataFrame, path) -> Path:
+    """Write the tidy per-fit table (one row per fit) as parquet, columns as they are."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(path, index=False, compression="zstd")
+    return path
+
+
+def read_data(path) -> pd.DataFrame:
+    """Read a per-fit data file written by :func:`write_data`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"data: no per-fit data file {path}")
+    return pd.read_parquet(path)
+
+
+def load_study_data(spec_path, out, *, from_data: bool = False,
+                    store_dir=None) -> tuple[pd.DataFrame, str]:
+    """(tidy table, where it came from) for one spec: its store, else its committed data.
+
+    Raises
+    ------
+    ValueError
+        When neither has results (or ``from_data`` and there is no data file).
+    """
+    from simstudy.engine import load_results
+    from simstudy.reports.configs import study_name
+
+    name = study_name(spec_path)
+    path = data_path(out, name)
+    if not from_data:
+        df = load_results(spec_path) if store_dir is None else load_results(
+            spec_path, store_dir=store_dir)
+        if len(df):
+            return df, "store"
+    if path.is_file():
+        df = read_data(path)
+        if "study" in df.columns and len(df) and set(df["study"]) != {name}:
+            raise ValueError(f"data: {path} holds study {sorted(set(df['study']))}, not {name!r}")
+        return df, str(path)
+    raise ValueError(f"study {name!r} has no results: no rows in its store and no data file "
+                     f"{path}; run `simstudy run {spec_path}` first")
 
 
 def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
-                figures: bool = True, tol: float = DEFAULT_TOL,
-                bound_rule: str = "upper", data_date: str = "unknown",
-                planned: int | None = None) -> dict:
+                figures: bool = True, tol: float = DEFAULT_TOL, n_boot: int = DEFAULT_BOOT,
+                source: str = "", planned: int | None = None) -> dict:
     """Theory, rates, summaries, tables and figures of one study.
 
     Parameters
@@ -62,46 +117,81 @@ def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
     study : str
         Study name (file prefix).
     df : pandas.DataFrame
-        Tidy results (COMMON.md engine contract).
+        Tidy results (one row per fit).
     configs : dict or list of FitConfig
         The fitted configurations (from :func:`simstudy.reports.configs.configs_from_spec`).
     out : path
         Output root (``results``).
+    n_boot : int
+        Bootstrap resamples per rate.
+    source : str
+        Where ``df`` came from (the store or a data file), for the meta file.
     planned : int, optional
         Number of tasks the spec describes; with it the report says how complete the study is.
 
     Returns
     -------
     dict
-        ``theory``, ``rates``, ``summary`` (DataFrames), ``files`` (written paths), ``meta``.
+        ``theory``, ``rates``, ``summary``, ``factorial`` (DataFrames), ``files`` (written
+        paths), ``meta``.
     """
     if df.empty:
         raise ValueError(f"df: study {study!r} has no results; run it first")
     configs = list(configs.values()) if isinstance(configs, dict) else list(configs)
     labels = set(df["label"])
     theory = theory_table([c for c in configs if c.label in labels])
-    rates = rate_table(df, theory, tol=tol, bound_rule=bound_rule)
-    summary = per_n_summary(df)
+    rates = rate_table(df, theory, tol=tol, n_boot=n_boot)
+    summary = per_n_summary(df, theory)
+    fac = factorial_table(df, theory, n_boot=n_boot)
     out = Path(out)
-    files = write_tables(study, df, rates, summary, out)
+    files = write_tables(study, df, rates, summary, out,
+                         partitions=partition_table(df, theory),
+                         diagnostics=diagnostic_summary(df, theory), factorial=fac, tol=tol)
     theory.to_csv(out / "tables" / f"{study}_theory.csv", index=False)
     files.append(out / "tables" / f"{study}_theory.csv")
+    key_figures = []
     if figures:
-        files += write_figures(study, df, theory, out)
+        figs = write_figures(study, df, rates, theory, out, factorial=fac)
+        files += figs
+        key_figures = _key_figures(study, figs, theory, out)
+    reps = df.groupby("condition_id")["rep"].nunique() if "condition_id" in df.columns else None
     meta = {
         "study": study, "spec": str(spec_path) if spec_path else "",
         "spec_hash": str(df["spec_hash"].iloc[0]) if "spec_hash" in df.columns else "",
-        "fits": int(len(df)), "planned": planned,
+        "fits": int(len(df)), "planned": planned, "source": source,
         # replications complete for every condition (tasks run replication-major)
-        "complete_reps": int(df.groupby("condition_id")["rep"].nunique().min()),
-        "status_counts": {str(k): int(v) for k, v in
-                                                df["status"].value_counts().items()},
-        "data_date": data_date, "statuses_used": list(INCLUDED_STATUSES),
-        "verdict_tolerance": tol, "bound_rule": bound_rule,
+        "complete_reps": int(reps.min()) if reps is not None and len(reps) else None,
+        "n_range": [float(df["n"].min()), float(df["n"].max())],
+        "n_levels": int(df["n"].nunique()),
+        "protocols": list(dict.fromkeys(df["protocol"])),
+        "status_counts": {str(k): int(v) for k, v in df["status"].value_counts().items()},
+        "statuses_used": list(INCLUDED_STATUSES), "verdict_tolerance": tol, "n_boot": n_boot,
+        "data": str(data_path(out, study).relative_to(out)),
+        "key_figures": key_figures,
         "files": sorted(str(p.relative_to(out)) for p in files),
     }
     (out / "tables" / f"{study}_meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return {"theory": theory, "rates": rates, "summary": summary, "files": files, "meta": meta}
+    return {"theory": theory, "rates": rates, "summary": summary, "factorial": fac,
+            "files": files, "meta": meta}
+
+
+def _key_figures(study: str, figs, theory: pd.DataFrame, out: Path) -> list[str]:
+    """The figures the README shows inline: the study's D1/D2 figure (or Hellinger where D is
+    undefined), the parameter panels of over-specified fits, and the factorial."""
+    names = {p.name: str(p.relative_to(out)) for p in figs}
+    keys = []
+    for m in ("D2", "D1", "hellinger"):
+        if f"{study}_{m}.png" in names:
+            keys.append(names[f"{study}_{m}.png"])
+            break
+    for label, g in theory.groupby("label", sort=False):
+        if int(g["k"].iloc[0]) > int(g["k_star"].iloc[0]) and (g["kind"] == BOUND).any():
+            for stem in (f"{study}_params_{label}_multi.png", f"{study}_factorial_{label}.png"):
+                if stem in names:
+                    keys.append(names[stem])
+    if f"{study}_divergence.png" in names:
+        keys.append(names[f"{study}_divergence.png"])
+    return keys
 
 
 def _completeness(meta: dict) -> str:
@@ -113,6 +203,34 @@ def _completeness(meta: dict) -> str:
             "of every condition so far; `make study` resumes it)")
 
 
+def _fits_per_n(lo, hi) -> str:
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return ""
+    return f"{int(lo)}" if lo == hi else f"{int(lo)}-{int(hi)}"
+
+
+def _slope_ci(s, lo, hi) -> str:
+    return f"{s:+.3f} {ci_text(lo, hi)}" if np.isfinite(s) else ""
+
+
+def _headline_rows(meta: dict, r: pd.DataFrame, metrics) -> list[dict]:
+    rows = []
+    for row in r[r["metric"].isin(metrics)].itertuples(index=False):
+        rows.append({
+            "study": meta["study"], "label": row.label, "metric": row.metric,
+            "theory": theory_text(row.kind, row.expected),
+            "slope [95% CI]": _slope_ci(row.slope, row.ci95_low, row.ci95_high),
+            "verdict": row.verdict,
+            "upper half [95% CI]": _slope_ci(row.slope_upper, row.ci95_low_upper,
+                                             row.ci95_high_upper),
+            "upper-half verdict": row.verdict_upper,
+            "q0.9 slope": row.slope_q90,
+            "n range": range_text(row.n_min, row.n_max, row.n_levels),
+            "fits per n": _fits_per_n(row.reps_min, row.reps_max),
+        })
+    return rows
+
+
 def write_readme(out, command: str) -> Path:
     """Regenerate ``<out>/README.md`` from every ``<out>/tables/<study>_meta.json``."""
     out = Path(out)
@@ -121,47 +239,58 @@ def write_readme(out, command: str) -> Path:
         meta = json.loads(p.read_text())
         rates_csv = out / "tables" / f"{meta['study']}_rates.csv"
         if rates_csv.is_file():
-            metas.append((meta, pd.read_csv(rates_csv, keep_default_na=True)))
+            fac_csv = out / "tables" / f"{meta['study']}_factorial.csv"
+            fac = pd.read_csv(fac_csv) if fac_csv.is_file() else None
+            metas.append((meta, pd.read_csv(rates_csv, keep_default_na=True), fac))
+    head, slow, verdicts, facs = [], [], [], []
+    for meta, r, fac in metas:
+        r = r[r["headline"].astype(bool)]
+        head += _headline_rows(meta, r, _DISTANCES)
+        multi = r[(r["kind"] == BOUND)]
+        slow += _headline_rows(meta, multi, multi["metric"].unique())
+        p = r[~r["metric"].isin(_DISTANCES)]
+        for (label, proto), g in p.groupby(["label", "protocol"], sort=False):
+            counts = g["verdict"].value_counts()
+            verdicts.append({"study": meta["study"], "label": label, "protocol": proto,
+                             **{k: int(c) for k, c in counts.items()}})
+        if fac is not None and len(fac):
+            keep = fac[fac["metric"].isin(_DISTANCES) | (fac["kind"] == BOUND)]
+            facs.append(format_factorial(keep).assign(study=meta["study"]))
     v = versions()
     lines = [
         "# simstudy results",
         "",
-        "Generated by `simstudy report` (do not edit by hand). Command:",
+        "## Headline rates (density distances and D1/D2, headline protocol)",
         "",
-        f"    {command}",
-        "",
-        "Built " + _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds") + " with "
-        + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
-        "",
-        "Rates: OLS of log(metric) on log(n) over all replications, HC3 standard errors, 95% CI."
-        " Fits used: status ok or not_converged (an estimate exists; dropping non-converged "
-        "fits would select data sets on the outcome), and degenerate fits whose only flag is an "
-        "empty expert (at true K = 1 the never-selected expert is empty by construction); "
-        "errors, other degenerate fits (variance at the floor, non-finite), NaN and "
-        "non-positive metrics are excluded and counted in each study's rate table. Verdicts: "
-        "an exact rate is consistent when the CI overlaps theory +- tolerance; a slow-rate bound "
-        "(n^-1/8 ... or faster) per the bound rule in the study's meta file; no guarantee: the "
-        "slope is reported only. The headline is the strict protocol where a study has both.",
-        "",
-        "## Headline rates (density distances and D1/D2)",
+        to_markdown(pd.DataFrame(head)) if head else "(no studies built yet)\n",
+        "Slopes: median regression of log(loss) on log(n) over all replications, 95% "
+        "intervals from resampling replications within each n. Verdicts as in "
+        "[docs/rates.md](../docs/rates.md): an exact rate is *consistent* when its 90% interval "
+        "lies inside theory +- tolerance, *inconsistent* when its 95% interval lies outside; "
+        "*inconclusive* otherwise, and whenever a study has fewer than "
+        f"{MIN_LEVELS} sample sizes or {MIN_REPS} usable fits at the median n. `upper half`: "
+        "the same over the upper half of the n range (a slope still bending towards the theory "
+        "shows there). Every row says its n range and fits per n.",
         "",
     ]
-    head = []
-    verdicts = []
-    for meta, r in metas:
-        r = r[r["headline"].astype(bool)]
-        d = r[r["metric"].isin(_DISTANCES)]
-        for row in d.itertuples(index=False):
-            head.append({"study": meta["study"], "label": row.label, "protocol": row.protocol,
-                         "metric": row.metric, "theory": _theory_text(row.kind, row.expected),
-                         "slope": row.slope, "95% CI": _ci(row.ci_low, row.ci_high),
-                         "fits used": row.n_used, "verdict": row.verdict})
-        p = r[~r["metric"].isin(_DISTANCES)]
-        for (label, proto), g in p.groupby(["label", "protocol"], sort=False):
-            counts = g["verdict"].str.replace(r" \(.*\)$", "", regex=True).value_counts()
-            verdicts.append({"study": meta["study"], "label": label, "protocol": proto,
-                             **{k: int(c) for k, c in counts.items()}})
-    lines.append(to_markdown(pd.DataFrame(head)) if head else "(no studies built yet)\n")
+    if slow:
+        lines += ["## Slow rates of multiply-fitted experts (bounds: n^-r or faster)", "",
+                  to_markdown(pd.DataFrame(slow)),
+                  "A bound is *shown* when the 95% interval's upper end is <= bound + "
+                  "tolerance, *inconsistent* when its lower end is above it.", ""]
+    figs = [(meta["study"], f) for meta, _, _ in metas for f in meta.get("key_figures", [])]
+    if figs:
+        lines += ["## Key figures", ""]
+        for study, f in figs:
+            lines += [f"![{study}: {Path(f).stem}]({f})", ""]
+    if facs:
+        ft = pd.concat(facs, ignore_index=True)
+        ft = ft[["study", *[c for c in ft.columns if c != "study"]]]
+        lines += ["## Where the papers' slopes come from (protocol factorial)", "",
+                  "Slope under each protocol, and `papers - strict` split exactly into the "
+                  "effect of the start (noise shrinking with n vs fixed) and of the stopping "
+                  "rule (tol 1e-6 vs strict convergence); tables/<study>_factorial.md has every "
+                  "metric.", "", to_markdown(ft)]
     if verdicts:
         vt = pd.DataFrame(verdicts).fillna(0)
         for c in vt.columns[3:]:
@@ -169,44 +298,47 @@ def write_readme(out, command: str) -> Path:
         lines += ["## Per-parameter verdicts (counts of metrics per verdict, headline protocol)",
                   "", to_markdown(vt)]
     lines += ["## Studies", ""]
-    for meta, _ in metas:
+    for meta, _, _ in metas:
         s = meta["study"]
         counts = ", ".join(f"{k} {c}" for k, c in meta["status_counts"].items())
         lines += [f"### {s}", "",
                   f"Spec `{meta['spec']}` (hash `{meta['spec_hash']}`), {meta['fits']} fits"
-                  f"{_completeness(meta)} "
-                  f"({counts}); data from {meta['data_date']}; verdict tolerance "
-                  f"{meta['verdict_tolerance']}, bound rule {meta['bound_rule']}.", ""]
+                  f"{_completeness(meta)} ({counts}), protocols "
+                  f"{', '.join(meta.get('protocols', []))}; per-fit data "
+                  f"[`{meta.get('data', '')}`]({meta.get('data', '')}); verdict tolerance "
+                  f"{meta['verdict_tolerance']}, {meta.get('n_boot', '?')} bootstrap "
+                  "resamples.", ""]
         for f in meta["files"]:
             lines.append(f"- [{f}]({f})")
         lines.append("")
+    lines += ["## Provenance", "",
+              "Generated by `simstudy report` (do not edit by hand); every table and figure "
+              "can be rebuilt from the per-fit data under `data/` without rerunning a fit "
+              "(`simstudy report --from-data SPEC...`). Command:", "", f"    {command}", "",
+              "Built " + _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds") + " with "
+              + ", ".join(f"{k} {val}" for k, val in v.items()) + ".", ""]
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path
-
-
-def _add_file_to_meta(out: Path, combined, path: Path) -> None:
-    """List a cross-study figure in the first study's meta file (so the README links it)."""
-    study = combined[0][0]["study"].iloc[0]
-    mpath = out / "tables" / f"{study}_meta.json"
-    meta = json.loads(mpath.read_text())
-    meta["files"] = sorted({*meta["files"], str(path.relative_to(out))})
-    mpath.write_text(json.dumps(meta, indent=1) + "\n")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="simstudy report", description=__doc__.split("\n\n")[0])
     p.add_argument("specs", nargs="+", metavar="SPEC", help="study spec TOML file(s)")
     p.add_argument("--out", default="results", help="output root (default: %(default)s)")
+    p.add_argument("--store-dir", metavar="DIR", default=None,
+                   help="folder of the SQLite stores (default: results/store)")
+    p.add_argument("--from-data", action="store_true",
+                   help="read the committed per-fit data (<out>/data/<study>.parquet), never "
+                        "the store")
     p.add_argument("--sweep", metavar="NAME", default=None,
-                   help="also draw one side-by-side figure NAME_sweep.png over all the given "
-                        "specs (facets by study/label), e.g. the true-K sweep kept in one "
-                        "spec per K")
+                   help="also draw NAME_sweep.png: the headline distances of all the given "
+                        "specs side by side (facets by study/label)")
     p.add_argument("--no-figures", action="store_true", help="tables and README only")
     p.add_argument("--theory-tolerance", type=float, default=DEFAULT_TOL,
-                   help="tolerance on the exponent in the verdicts (default: %(default)s)")
-    p.add_argument("--bound-rule", choices=BOUND_RULES, default="upper",
-                   help="how slow-rate bounds are judged (default: %(default)s)")
+                   help="tolerance delta on the exponent in the verdicts (default: %(default)s)")
+    p.add_argument("--n-boot", type=int, default=DEFAULT_BOOT,
+                   help="bootstrap resamples per rate (default: %(default)s)")
     return p
 
 
@@ -218,35 +350,42 @@ def main(argv: list[str] | None = None) -> int:
 
     combined = []
     try:
-        from simstudy.engine import load_results, load_spec
+        if args.n_boot < 99:
+            raise ValueError(f"--n-boot: need at least 99 resamples, got {args.n_boot}")
+        from simstudy.engine import load_spec
 
         for spec in args.specs:
             path = Path(spec)
             if not path.is_file():
                 raise ValueError(f"spec: no such file {path}")
             name = study_name(path)
-            df = load_results(path)
+            df, source = load_study_data(path, args.out, from_data=args.from_data,
+                                         store_dir=args.store_dir)
+            if source == "store":
+                write_data(df, data_path(args.out, name))
             planned = len(load_spec(path).tasks())
-            store = Path("results") / "store" / f"{name}.sqlite"
             res = build_study(name, df, configs_from_spec(path), args.out, spec_path=path,
                               figures=not args.no_figures, tol=args.theory_tolerance,
-                              bound_rule=args.bound_rule, data_date=_data_date(df, store),
-                              planned=planned)
-            print(f"{name}: {len(res['files'])} files under {args.out}")
+                              n_boot=args.n_boot, source=source, planned=planned)
+            print(f"{name}: {len(df)} fits from {source}; {len(res['files'])} files under "
+                  f"{args.out}")
             if args.sweep:
-                th = res["theory"].copy()
-                th["label"] = name + "/" + th["label"]
-                combined.append((df.assign(label=name + "/" + df["label"].astype(str)), th))
+                combined.append((df.assign(label=name + "/" + df["label"].astype(str)),
+                                 res["rates"].assign(label=name + "/" + res["rates"]["label"]),
+                                 res["theory"].assign(label=name + "/" + res["theory"]["label"])))
         if args.sweep and combined and not args.no_figures:
-            fdir = Path(args.out) / "figures"
-            path = fdir / f"{args.sweep}_sweep.png"
-            if sweep_figure(pd.concat([c[0] for c in combined], ignore_index=True), path,
-                            pd.concat([c[1] for c in combined], ignore_index=True)):
-                print(f"wrote {path}")
-                _add_file_to_meta(Path(args.out), combined, path)
+            sdf, srates, sth = (pd.concat([c[i] for c in combined], ignore_index=True)
+                                for i in range(3))
+            for m in ("hellinger", "D2", "D1"):
+                fig = metric_figure(sdf, m, srates, sth, title=f"{args.sweep}: {m} vs n")
+                p = save_figure(fig, Path(args.out) / "figures" / f"{args.sweep}_sweep_{m}.png")
+                if p:
+                    print(f"wrote {p}")
         readme = write_readme(args.out, "simstudy report " + " ".join(argv))
     except ValueError as exc:
         print(f"simstudy report: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {readme}")
     return 0
+
+

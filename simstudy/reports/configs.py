@@ -74,8 +74,10 @@ def configs_from_spec(spec_path) -> dict[str, FitConfig]:
         extra = [int(j) - 1 for j in fit.get("extra_atoms", [])]  # spec numbering -> 0-based
         k = int(fit.get("k", truth.k + len(extra)))
         K = int(fit.get("K", truth.K))
+        bound = fit.get("beta1_bound")
         try:
-            out[label] = FitConfig(label, truth, inputs, k, K, tuple(extra))
+            out[label] = FitConfig(label, truth, inputs, k, K, tuple(extra),
+                                   None if bound is None else float(bound))
         except ValueError as exc:
             raise ValueError(f"{path}: fit {label!r}: {exc}") from None
     return out
