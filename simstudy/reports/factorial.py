@@ -75,8 +75,9 @@ def factorial_table(df: pd.DataFrame, theory: pd.DataFrame | None = None, *,
     for (study, label), g in df.groupby(["study", "label"], sort=False):
         if not set(protos) <= set(g["protocol"]):
             continue
-        metrics = [m for m in metric_columns(g) if th.get((label, m), ("none",))[0] != FIXED
-                   and g[m].notna().any()]
+        order = [m for (lab, m) in th if lab == label]  # the theory's order first
+        metrics = [m for m in dict.fromkeys(order + metric_columns(g)) if m in g.columns
+                   and th.get((label, m), ("none",))[0] != FIXED and g[m].notna().any()]
         for metric in metrics:
             kind, expected = th.get((label, metric), ("none", np.nan))
             series = {}

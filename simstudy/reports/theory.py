@@ -286,8 +286,17 @@ def expectations(config: FitConfig, m: int = 4096) -> dict[str, Expectation]:
         out[dist] = Expectation(dist, NONE, np.nan,
                                 f"rbar(m) unknown for m >= 4 (expert(s) {big}): {dist} undefined")
     else:
-        out[dist] = Expectation(dist, RATE, -0.5, f"{dist} at n^-1/2"
-                                + (f" ({sizes_txt}, K-bar={Kf})" if over else ""))
+        why = ""
+        if over:
+            # the K-bar condition, region by region, as derived above
+            parts = "; ".join(
+                f"true top-{K} set {{{', '.join(map(str, S))}}} holds "
+                f"{' + '.join(str(sizes[j - 1]) for j in S)} = {u}"
+                for S, u in sorted(unions.items()))
+            ms = sorted({int(m) for m in sizes if m > 1})
+            why = (f" ({sizes_txt}; {parts} fitted atoms = K-bar = {Kf}; "
+                   + ", ".join(f"rbar({m}) = {rbar(m)}" for m in ms) + ")")
+        out[dist] = Expectation(dist, RATE, -0.5, f"{dist} at n^-1/2{why}")
     for name in ("hellinger", "tv"):
         out[name] = Expectation(name, RATE, -0.5, "density converges at n^-1/2")
 
