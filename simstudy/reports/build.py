@@ -144,6 +144,7 @@ def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
     summary = per_n_summary(df, theory)
     fac = factorial_table(df, theory, n_boot=n_boot)
     out = Path(out)
+    _remove_previous(study, out)
     files = write_tables(study, df, rates, summary, out,
                          partitions=partition_table(df, theory),
                          diagnostics=diagnostic_summary(df, theory), factorial=fac, tol=tol)
@@ -164,6 +165,8 @@ def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
         "n_range": [float(df["n"].min()), float(df["n"].max())],
         "n_levels": int(df["n"].nunique()),
         "protocols": list(dict.fromkeys(df["protocol"])),
+        "designs": {str(k): str(v) for k, v in df.groupby("label")["design"].first().items()}
+        if "design" in df.columns else {},
         "status_counts": {str(k): int(v) for k, v in df["status"].value_counts().items()},
         "statuses_used": list(INCLUDED_STATUSES), "verdict_tolerance": tol, "n_boot": n_boot,
         "data": str(data_path(out, study).relative_to(out)),
@@ -173,6 +176,23 @@ def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
     (out / "tables" / f"{study}_meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return {"theory": theory, "rates": rates, "summary": summary, "factorial": fac,
             "files": files, "meta": meta}
+
+
+def _remove_previous(study: str, out: Path) -> None:
+    """Delete the files the previous build of ``study`` listed in its meta file, so a rebuild
+    never leaves a stale figure or table behind (the data file stays)."""
+    mpath = out / "tables" / f"{study}_meta.json"
+    if not mpath.is_file():
+        return
+    try:
+        files = json.loads(mpath.read_text()).get("files", [])
+    except ValueError:
+        return
+    root = out.resolve()
+    for f in files:
+        p = (out / f).resolve()
+        if p.is_file() and root in p.parents and p.suffix in (".csv", ".md", ".png", ".json"):
+            p.unlink()
 
 
 def _key_figures(study: str, figs, theory: pd.DataFrame, out: Path) -> list[str]:
@@ -192,6 +212,104 @@ def _key_figures(study: str, figs, theory: pd.DataFrame, out: Path) -> list[str]
     if f"{study}_divergence.png" in names:
         keys.append(names[f"{study}_divergence.png"])
     return keys
+
+
+_RATE_FORMAT = ("slope", "ci95_low", "ci95_high", "verdict", "headline", "n_levels")
+
+
+def _built(out: Path):
+    """(meta, rates, theory, factorial) of every study built under ``out`` by this version
+    (a study whose tables an older simstudy wrote is skipped, and named)."""
+    found, stale = [], []
+    for p in sorted((out / "tables").glob("*_meta.json")):
+        meta = json.loads(p.read_text())
+        t = out / "tables"
+        rates_csv = t / f"{meta['study']}_rates.csv"
+        if not rates_csv.is_file():
+            continue
+        rates = pd.read_csv(rates_csv, keep_default_na=True)
+        if not set(_RATE_FORMAT) <= set(rates.columns) or "n_boot" not in meta:
+            stale.append(meta["study"])
+            continue
+        theory_csv = t / f"{meta['study']}_theory.csv"
+        theory = pd.read_csv(theory_csv) if theory_csv.is_file() else None
+        fac_csv = t / f"{meta['study']}_factorial.csv"
+        fac = pd.read_csv(fac_csv) if fac_csv.is_file() else None
+        found.append((meta, rates, theory, fac))
+    return found, stale
+
+
+def atoms_table(built) -> pd.DataFrame:
+    """Expert 1 fitted by m = 1, 2, 3 atoms, per design: the headline slope of each of its
+    parameters beside the theory's exponent (first study listed for each design and m)."""
+    rows, seen = [], set()
+    for meta, rates, theory, _ in built:
+        if theory is None:
+            continue
+        for label, th in theory.groupby("label", sort=False):
+            design = meta.get("designs", {}).get(str(label))
+            m = int(str(th["cell_sizes"].iloc[0]).split(",")[0])
+            kinds = th.set_index("metric")["kind"]
+            if design is None or kinds.get("err_b_1") not in ("rate", "bound"):
+                continue
+            if (design, m) in seen:
+                continue
+            seen.add((design, m))
+            r = rates[(rates["label"] == label) & rates["headline"].astype(bool)]
+            for p in ("beta1", "a", "b", "v"):
+                row = r[r["metric"] == f"err_{p}_1"]
+                if row.empty:
+                    continue
+                x = row.iloc[0]
+                rows.append({"design": design, "m": m, "param": p,
+                             "study": meta["study"], "label": label,
+                             "protocol": x["protocol"], "expected": x["expected"],
+                             "tol": meta["verdict_tolerance"], "slope": x["slope"],
+                             "ci95_low": x["ci95_low"], "ci95_high": x["ci95_high"],
+                             "verdict": x["verdict"], "n_min": x["n_min"],
+                             "n_max": x["n_max"], "n_levels": x["n_levels"],
+                             "reps_min": x["reps_min"], "reps_max": x["reps_max"]})
+    return pd.DataFrame(rows, columns=["design", "m", "param", "study", "label", "protocol",
+                                       "expected", "tol", "slope", "ci95_low", "ci95_high",
+                                       "verdict", "n_min", "n_max", "n_levels", "reps_min",
+                                       "reps_max"])
+
+
+def write_cross_study(out, figures: bool = True) -> list[Path]:
+    """Outputs that combine studies: ``tables/expert1_atoms.{csv,md}`` and
+    ``figures/expert1_atoms.png`` (expert 1 fitted by m = 1, 2, 3 atoms)."""
+    from simstudy.reports.figures import atoms_figure
+
+    out = Path(out)
+    built, _ = _built(out)
+    at = atoms_table(built)
+    written = []
+    if at.empty or at["m"].nunique() < 2:
+        return written
+    at = at.sort_values(["design", "param", "m"], kind="stable")
+    at.to_csv(out / "tables" / "expert1_atoms.csv", index=False)
+    show = pd.DataFrame({
+        "design": at["design"], "parameter": at["param"], "m": at["m"],
+        "study/label": at["study"] + "/" + at["label"],
+        "theory": [theory_text("rate" if m == 1 else "bound", e)
+                   for m, e in zip(at["m"], at["expected"], strict=True)],
+        "slope [95% CI]": [_slope_ci(s, lo, hi) for s, lo, hi in zip(
+            at["slope"], at["ci95_low"], at["ci95_high"], strict=True)],
+        "verdict": at["verdict"],
+        "n range": [range_text(a, b, c) for a, b, c in zip(at["n_min"], at["n_max"],
+                                                           at["n_levels"], strict=True)],
+        "fits per n": [_fits_per_n(a, b) for a, b in zip(at["reps_min"], at["reps_max"],
+                                                         strict=True)]})
+    (out / "tables" / "expert1_atoms.md").write_text(
+        "# Expert 1 fitted by m atoms\n\nHeadline slopes of expert 1's weighted errors "
+        "for m = 1 (exact fit), 2 and 3 atoms against the theory: n^-1/2 for m = 1, "
+        "n^-1/(2 rbar(m)) for beta1 and b, n^-1/rbar(m) for a and v (rbar(2) = 4, "
+        "rbar(3) = 6).\n\n" + to_markdown(show))
+    written += [out / "tables" / "expert1_atoms.csv", out / "tables" / "expert1_atoms.md"]
+    if figures:
+        p = save_figure(atoms_figure(at), out / "figures" / "expert1_atoms.png")
+        written += [p] if p else []
+    return written
 
 
 def _completeness(meta: dict) -> str:
@@ -234,14 +352,8 @@ def _headline_rows(meta: dict, r: pd.DataFrame, metrics) -> list[dict]:
 def write_readme(out, command: str) -> Path:
     """Regenerate ``<out>/README.md`` from every ``<out>/tables/<study>_meta.json``."""
     out = Path(out)
-    metas = []
-    for p in sorted((out / "tables").glob("*_meta.json")):
-        meta = json.loads(p.read_text())
-        rates_csv = out / "tables" / f"{meta['study']}_rates.csv"
-        if rates_csv.is_file():
-            fac_csv = out / "tables" / f"{meta['study']}_factorial.csv"
-            fac = pd.read_csv(fac_csv) if fac_csv.is_file() else None
-            metas.append((meta, pd.read_csv(rates_csv, keep_default_na=True), fac))
+    built, stale = _built(out)
+    metas = [(meta, rates, fac) for meta, rates, _, fac in built]
     head, slow, verdicts, facs = [], [], [], []
     for meta, r, fac in metas:
         r = r[r["headline"].astype(bool)]
@@ -283,6 +395,11 @@ def write_readme(out, command: str) -> Path:
         lines += ["## Key figures", ""]
         for study, f in figs:
             lines += [f"![{study}: {Path(f).stem}]({f})", ""]
+    atoms_md = out / "tables" / "expert1_atoms.md"
+    if atoms_md.is_file() and (out / "figures" / "expert1_atoms.png").is_file():
+        text = atoms_md.read_text().split("\n", 2)[2]
+        lines += ["## Expert 1 fitted by m = 1, 2, 3 atoms", "",
+                  "![expert 1 fitted by m atoms](figures/expert1_atoms.png)", "", text]
     if facs:
         ft = pd.concat(facs, ignore_index=True)
         ft = ft[["study", *[c for c in ft.columns if c != "study"]]]
@@ -311,6 +428,9 @@ def write_readme(out, command: str) -> Path:
         for f in meta["files"]:
             lines.append(f"- [{f}]({f})")
         lines.append("")
+    if stale:
+        lines += ["Tables of " + ", ".join(stale) + " were written by an older simstudy and "
+                  "are not summarised here; `make study` rebuilds them.", ""]
     lines += ["## Provenance", "",
               "Generated by `simstudy report` (do not edit by hand); every table and figure "
               "can be rebuilt from the per-fit data under `data/` without rerunning a fit "
@@ -381,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
                 p = save_figure(fig, Path(args.out) / "figures" / f"{args.sweep}_sweep_{m}.png")
                 if p:
                     print(f"wrote {p}")
+        for p in write_cross_study(args.out, figures=not args.no_figures):
+            print(f"wrote {p}")
         readme = write_readme(args.out, "simstudy report " + " ".join(argv))
     except ValueError as exc:
         print(f"simstudy report: error: {exc}", file=sys.stderr)

@@ -32,8 +32,8 @@ from simstudy.reports.theory import PARAMS  # noqa: E402
 from simstudy.reports.verdicts import BOUND, PLATEAU, RATE  # noqa: E402
 
 __all__ = ["OKABE_ITO", "PROTOCOL_COLORS", "FIGURE_METRICS", "draw_metric", "metric_figure",
-           "param_figure", "factorial_figure", "divergence_figure", "write_figures",
-           "save_figure"]
+           "param_figure", "factorial_figure", "divergence_figure", "atoms_figure",
+           "write_figures", "save_figure"]
 
 #: Okabe & Ito (2008) colour-blind-safe palette (black last)
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442",
@@ -393,3 +393,58 @@ def write_figures(study: str, df: pd.DataFrame, rates: pd.DataFrame | None,
                                           "sparse truth"), fdir / f"{study}_divergence.png")
         written += [p] if p else []
     return written
+
+
+def atoms_figure(rows: pd.DataFrame, title: str = ""):
+    """Measured slopes of expert 1's parameters against the number m of atoms fitted to it.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        One row per (design, m, parameter): columns design, m, param, slope, ci95_low,
+        ci95_high, expected (the theory's exponent), tol, verdict, label (study/label).
+
+    One panel per (design, parameter); x = m; the spec's exponents -1/2 (m = 1), -1/(2 rbar(m))
+    (beta1, b) and -1/rbar(m) (a, v) as guides, with the edge a bound verdict uses (exponent +
+    tolerance) dotted; measured slopes with 95% intervals.
+    """
+    if rows.empty:
+        return None
+    designs = list(dict.fromkeys(rows["design"]))
+    fig, axes = plt.subplots(len(designs), len(PARAMS), figsize=(3.4 * len(PARAMS),
+                                                                  3.3 * len(designs)),
+                             squeeze=False)
+    for r, design in enumerate(designs):
+        for c, p in enumerate(PARAMS):
+            ax = axes[r, c]
+            g = rows[(rows["design"] == design) & (rows["param"] == p)].sort_values("m")
+            if g.empty:
+                ax.set_axis_off()
+                continue
+            ms = g["m"].to_numpy(dtype=float)
+            ax.plot(ms, g["expected"], "--", color="0.3", marker="_", ms=14, lw=1,
+                    label="theory exponent", gid="theory")
+            ax.plot(ms, g["expected"] + g["tol"], ":", color="0.5", lw=1,
+                    label="theory + tolerance (bound edge)")
+            y, lo, hi = (g[k].to_numpy(dtype=float) for k in ("slope", "ci95_low",
+                                                               "ci95_high"))
+            ax.errorbar(ms, y, yerr=[y - lo, hi - y], fmt="o", color=OKABE_ITO[0], ms=6,
+                        capsize=3, lw=1.4, label="measured slope, 95% CI")
+            for m, yy, v in zip(ms, y, g["verdict"], strict=True):
+                if np.isfinite(yy):
+                    ax.annotate(str(v), (m, yy), textcoords="offset points", xytext=(7, -3),
+                                fontsize=7)
+            ax.set_xticks([1, 2, 3], ["m = 1", "m = 2", "m = 3"])
+            ax.set_xlim(0.6, 3.6)
+            ax.axhline(0.0, color="0.8", lw=0.8)
+            ax.tick_params(labelsize=8)
+            ax.grid(True, axis="y", alpha=0.3, lw=0.5)
+            ax.set_title(f"design {design}: expert 1, {p}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel("slope of log error vs log n", fontsize=9)
+            _legend_below(ax, fontsize=6.5)
+    fig.suptitle(title or "Expert 1 fitted by m atoms: measured rates against n^-1/2, "
+                 "n^-1/(2 rbar(m)) (beta1, b) and n^-1/rbar(m) (a, v); rbar = 1, 4, 6",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
