@@ -223,3 +223,67 @@ def test_cost_table_counts_fits_seconds_and_stops():
     row = cost.iloc[0]
     assert row["median_iter"] == 20 and row["max_s"] == 3.0 and row["total_s"] == 4.0
     assert row["stops"] in ("strict 1, stalled 1", "stalled 1, strict 1")
+
+
+EXACT_AND_OVER2 = """
+[study]
+name = "{name}"
+root_seed = 1
+replications = 5
+[design]
+name = "T"
+[n_grid]
+values = [1000, 3000, 10000, 30000]
+[[fit]]
+label = "exact"
+k = 3
+K = 2
+protocols = ["strict"]
+[[fit]]
+label = "over2"
+k = 5
+K = 4
+extra_atoms = [1, 1]
+protocols = ["strict"]
+"""
+
+
+def test_cross_study_m_atoms_table_figure_and_stale_outputs(tmp_path, fake_engine):
+    from simstudy.reports.figures import atoms_figure
+
+    out = tmp_path / "results"
+    spec = tmp_path / "sweep.toml"  # m = 2 (kbar3)
+    spec.write_text(SPEC.format(name="sweep"))
+    fake_engine["sweep"] = small_table()
+    spec2 = tmp_path / "mixed.toml"  # m = 1 (exact) and m = 3 (over2)
+    spec2.write_text(EXACT_AND_OVER2.format(name="mixed"))
+    cfgs = [design_config("exact"), design_config("over2", k=5, Kbar=4, extra=(0, 0))]
+    fake_engine["mixed"] = synth_table(cfgs, n_values=(1000, 3000, 10000, 30000), reps=5,
+                                       study="mixed", seed=3)
+    # a stale figure listed by a previous build of "sweep" is removed by the rebuild
+    (out / "tables").mkdir(parents=True)
+    (out / "figures").mkdir()
+    (out / "figures" / "sweep_old.png").write_bytes(b"x")
+    (out / "tables" / "sweep_meta.json").write_text('{"files": ["figures/sweep_old.png"]}')
+    # an older build of another study (old rate columns) is named, not summarised
+    (out / "tables" / "old_meta.json").write_text('{"study": "old", "files": []}')
+    (out / "tables" / "old_rates.csv").write_text("study,label,metric,slope\nold,x,D1,-0.5\n")
+    assert build.main([str(spec), str(spec2), "--out", str(out), "--n-boot", "99"]) == 0
+    assert not (out / "figures" / "sweep_old.png").exists()
+    at = pd.read_csv(out / "tables" / "expert1_atoms.csv")
+    assert sorted(set(at["m"])) == [1, 2, 3] and set(at["design"]) == {"T"}
+    exp = at.set_index(["m", "param"])["expected"]
+    assert exp[(1, "b")] == -0.5 and exp[(2, "b")] == -1 / 8 and exp[(3, "b")] == -1 / 12
+    assert exp[(2, "a")] == -1 / 4 and exp[(3, "v")] == -1 / 6
+    readme = (out / "README.md").read_text()
+    assert "## Expert 1 fitted by m = 1, 2, 3 atoms" in readme
+    assert "![expert 1 fitted by m atoms](figures/expert1_atoms.png)" in readme
+    assert "Tables of old were written by an older simstudy" in readme
+    fig = atoms_figure(at)
+    titles = [ax.get_title() for ax in fig.axes if ax.axison]
+    assert titles == [f"design T: expert 1, {p}" for p in ("beta1", "a", "b", "v")]
+    ax = fig.axes[2]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["m = 1", "m = 2", "m = 3"]
+    guide = [ln for ln in ax.get_lines() if ln.get_gid() == "theory"][0]
+    assert np.allclose(guide.get_ydata(), [-0.5, -1 / 8, -1 / 12])
+    assert len(ax.containers) == 1  # the measured slopes with their intervals

@@ -174,6 +174,14 @@ def protocol_comparison(df: pd.DataFrame, rates: pd.DataFrame,
     slopes = slopes[["label", "metric", f"slope_{p0}", f"ci95_low_{p0}", f"ci95_high_{p0}",
                      f"slope_{p1}", f"ci95_low_{p1}", f"ci95_high_{p1}"]]
     slopes[f"slope_{p1}_minus_{p0}"] = slopes[f"slope_{p1}"] - slopes[f"slope_{p0}"]
+    # what the rows rest on (the first protocol's rate; the design is shared)
+    if {"n_min", "n_max", "n_levels", "reps_min", "reps_max"} <= set(r.columns):
+        base = r[r["protocol"] == p1].set_index(["label", "metric"])
+        keys = list(zip(slopes["label"], slopes["metric"], strict=True))
+        slopes["n range"] = [range_text(*base.loc[k, ["n_min", "n_max", "n_levels"]])
+                             if k in base.index else "" for k in keys]
+        slopes["fits per n"] = [_reps_text(*base.loc[k, ["reps_min", "reps_max"]])
+                                if k in base.index else "" for k in keys]
 
     d = df[df["protocol"].isin(protocols)].copy()
     # n_iter may be a nullable integer column; medians need plain floats
