@@ -36,6 +36,9 @@ STUDIES ?= topk_exact topk_over topk_kbar_sweep topk_K_sweep dense_exact dense_o
 # studies that need another branch's work (design P and its spec; the estimator's beta1_bound):
 # skipped, saying why, while their spec is missing or refused; every other failure stops
 OPTIONAL_STUDIES ?= topk_planar topk_kbar_bounded
+# staged runs: `make study MAX_REPS=10` runs (or resumes) every study to 10 replications and
+# reports; a later `make study` completes them (tasks run replication-major)
+MAX_REPS ?=
 SIMSTUDY := $(PY) -m simstudy
 
 study: install
@@ -47,7 +50,7 @@ study: install
 	  if [ $$optional = 1 ] && ! $(SIMSTUDY) status $$spec > /dev/null; then \
 	    echo "make study: skipping $$spec (refused, see above)"; continue; fi; \
 	  echo "make study: $$spec"; \
-	  $(SIMSTUDY) run $$spec --jobs $(JOBS) || exit 1; \
+	  $(SIMSTUDY) run $$spec --jobs $(JOBS) $(if $(MAX_REPS),--max-reps $(MAX_REPS)) || exit 1; \
 	  specs="$$specs $$spec"; \
 	done; \
 	$(SIMSTUDY) report $$specs --out results

@@ -243,7 +243,9 @@ def atoms_table(built) -> pd.DataFrame:
     """Expert 1 fitted by m = 1, 2, 3 atoms, per design: the headline slope of each of its
     parameters beside the theory's exponent (first study listed for each design and m)."""
     rows, seen = [], set()
-    for meta, rates, theory, _ in built:
+    # the dedicated studies first (topk_exact before the K sweep's identical K = 2 fit)
+    for meta, rates, theory, _ in sorted(built, key=lambda b: ("sweep" in b[0]["study"],
+                                                               b[0]["study"])):
         if theory is None:
             continue
         for label, th in theory.groupby("label", sort=False):
@@ -269,10 +271,13 @@ def atoms_table(built) -> pd.DataFrame:
                              "verdict": x["verdict"], "n_min": x["n_min"],
                              "n_max": x["n_max"], "n_levels": x["n_levels"],
                              "reps_min": x["reps_min"], "reps_max": x["reps_max"]})
-    return pd.DataFrame(rows, columns=["design", "m", "param", "study", "label", "protocol",
-                                       "expected", "tol", "slope", "ci95_low", "ci95_high",
-                                       "verdict", "n_min", "n_max", "n_levels", "reps_min",
-                                       "reps_max"])
+    out = pd.DataFrame(rows, columns=["design", "m", "param", "study", "label", "protocol",
+                                      "expected", "tol", "slope", "ci95_low", "ci95_high",
+                                      "verdict", "n_min", "n_max", "n_levels", "reps_min",
+                                      "reps_max"])
+    # only designs with something to compare (e.g. not the K sweep's K = 3 truth)
+    several = out.groupby("design")["m"].transform("nunique") >= 2
+    return out[several].reset_index(drop=True)
 
 
 def write_cross_study(out, figures: bool = True) -> list[Path]:
