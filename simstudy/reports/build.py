@@ -215,6 +215,13 @@ def _key_figures(study: str, figs, theory: pd.DataFrame, out: Path) -> list[str]
 
 
 _RATE_FORMAT = ("slope", "ci95_low", "ci95_high", "verdict", "headline", "n_levels")
+#: the order studies are listed in (others follow alphabetically)
+STUDY_ORDER = ("topk_exact", "topk_over", "topk_over2", "topk_kbar_sweep", "topk_kbar_bounded",
+               "topk_K_sweep", "topk_planar", "dense_exact", "dense_over", "dense_over2")
+
+
+def _study_key(name: str):
+    return (STUDY_ORDER.index(name), "") if name in STUDY_ORDER else (len(STUDY_ORDER), name)
 
 
 def _built(out: Path):
@@ -236,6 +243,7 @@ def _built(out: Path):
         fac_csv = t / f"{meta['study']}_factorial.csv"
         fac = pd.read_csv(fac_csv) if fac_csv.is_file() else None
         found.append((meta, rates, theory, fac))
+    found.sort(key=lambda b: _study_key(b[0]["study"]))
     return found, stale
 
 
@@ -396,8 +404,12 @@ def write_readme(out, command: str) -> Path:
                   "A bound is *shown* when the 95% interval's upper end is <= bound + "
                   "tolerance, *inconsistent* when its lower end is above it.", ""]
     figs = [(meta["study"], f) for meta, _, _ in metas for f in meta.get("key_figures", [])]
+    fac_figs = [x for x in figs if "_factorial_" in x[1]]
+    figs = [x for x in figs if "_factorial_" not in x[1]]
     if figs:
-        lines += ["## Key figures", ""]
+        lines += ["## Key figures", "",
+                  "Points: replications; open markers: per-n medians; solid: median regression "
+                  "(slope and 95% interval in the legend); dashed: the theory's slope.", ""]
         for study, f in figs:
             lines += [f"![{study}: {Path(f).stem}]({f})", ""]
     atoms_md = out / "tables" / "expert1_atoms.md"
@@ -413,6 +425,8 @@ def write_readme(out, command: str) -> Path:
                   "effect of the start (noise shrinking with n vs fixed) and of the stopping "
                   "rule (tol 1e-6 vs strict convergence); tables/<study>_factorial.md has every "
                   "metric.", "", to_markdown(ft)]
+        for study, f in fac_figs:
+            lines += [f"![{study}: {Path(f).stem}]({f})", ""]
     if verdicts:
         vt = pd.DataFrame(verdicts).fillna(0)
         for c in vt.columns[3:]:

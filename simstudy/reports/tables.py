@@ -77,12 +77,12 @@ def _slope_ci(s, lo, hi) -> str:
 
 
 def n_text(v) -> str:
-    """A sample size, short: 1000 -> "1e3", 31623 -> "3.16e4"."""
-    if not np.isfinite(v):
+    """A sample size, short: 1000 -> "1e3", 8000 -> "8e3", 31623 -> "3.16e4"."""
+    if not (np.isfinite(v) and v > 0):
         return ""
-    e = int(np.floor(np.log10(v)))
+    e = int(np.floor(np.log10(v) + 1e-12))
     m = v / 10**e
-    return f"1e{e}" if abs(m - 1) < 1e-9 else (f"{int(v)}" if v < 1e4 else f"{m:.3g}e{e}")
+    return f"{m:.3g}e{e}"
 
 
 def range_text(n_min, n_max, levels) -> str:
