@@ -61,6 +61,7 @@ study: install
 # rebuild every table, figure and results/README.md from the committed per-fit data
 # (results/data/*.parquet), without the stores and without fitting anything
 report-from-data: install
+	@ls results/data/*.parquet > /dev/null 2>&1 || { echo "make report-from-data: no per-fit data under results/data/ (run make study first)"; exit 1; }
 	$(SIMSTUDY) report $$(for f in results/data/*.parquet; do echo studies/$$(basename $$f .parquet).toml; done) \
 		--out results --from-data
 
