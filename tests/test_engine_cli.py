@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import pandas as pd
 import pytest
 
 from simstudy.cli import main
-from simstudy.engine import TIDY_COLUMNS, load_results, load_spec, store_path
+from simstudy.engine import TIDY_COLUMNS, ResultStore, load_results, load_spec, store_path
 
 DATA = Path(__file__).parent / "data"
 SMALL = DATA / "engine_small.toml"
@@ -38,11 +37,16 @@ def test_status_table(store, capsys):
     assert main(["status", str(SMALL), "--store-dir", str(store)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["condition", "label", "protocol", "n", "done", "missing", "failed",
-                              "non_conv", "degenerate"]
-    rows = [line.split() for line in out[1:-1]]
+                              "non_conv", "degenerate", "timeout"]
+    n = len(spec.conditions())
+    rows = [line.split() for line in out[1:1 + n]]
     assert [r[0] for r in rows] == [c.condition_id for c in spec.conditions()]
     assert all(r[4] == "3" and r[5] == "0" and r[6] == "1" for r in rows)
-    assert out[-1].startswith("engine_small: 18/18 tasks done, 0 missing, 6 failed")
+    assert out[1 + n].startswith("engine_small: 18/18 tasks done, 0 missing, 6 failed")
+    assert out[2 + n].startswith("store: ")
+    # who computed the rows
+    assert out[3 + n].startswith("computed by (18 rows): simstudy.engine.fakes:failing_fake_task")
+    assert "numpy" in out[3 + n] and "host" in out[3 + n]
 
 
 def test_status_without_store(tmp_path, capsys):
@@ -59,11 +63,14 @@ def test_replay_matches_and_detects_a_changed_row(store, capsys):
     assert "equals stored row: yes" in out and "loglik:" in out and "hellinger" in out
     assert main(args[:-3] + ["1", *FAKE]) == 0  # the error row replays too
     assert "RuntimeError: injected failure" in capsys.readouterr().out
-    with sqlite3.connect(store_path("engine_small", store)) as conn:
-        conn.execute("UPDATE tasks SET loglik = loglik + 1e-9 WHERE condition_id = ? AND rep = 2",
-                     (cond.condition_id,))
+    # a row whose log-likelihood differs (written through the store, so its checksum holds)
+    with ResultStore(store_path("engine_small", store)) as st:
+        row = st.get_task(cond.condition_id, 2)
+        result = {**row, "flags": {}, "metrics": row["metrics"], "loglik": row["loglik"] + 1e-6}
+        st.write(cond.condition_id, 2, row["spec_hash"], row["n"], result, row["provenance_id"])
     assert main(args) == 1
-    assert "equals stored row: NO (differs in loglik)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "equals stored row: NO (within rtol 1e-09, atol 1e-12; differs in loglik: " in out
 
 
 def test_replay_errors(store, capsys):

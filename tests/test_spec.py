@@ -150,8 +150,8 @@ def test_design_K_override(tmp_path):
                                                         "array of integers"]),
         # impossible values
         ("K = 2\nprotocols", "K = 4\nprotocols", ["key 'fit[0].K'", "1 <= K <= k = 3"]),
-        ("values = [100, 300]", "values = [0, 300]", ["key 'n_grid.values'", ">= 1"]),
-        ("values = [100, 300]", "min = 0\nmax = 10\nnum = 3", ["key 'n_grid.min'", ">= 1"]),
+        ("values = [100, 300]", "values = [0, 300]", ["key 'n_grid.values'", ">= 2"]),
+        ("values = [100, 300]", "min = 0\nmax = 10\nnum = 3", ["key 'n_grid.min'", ">= 2"]),
         ("values = [100, 300]", "min = 10\nmax = 12\nnum = 5", ["key 'n_grid.num'",
                                                               "not distinct"]),
         ("values = [100, 300]", "values = [100, 100]", ["key 'n_grid.values'", "duplicate"]),
