@@ -117,7 +117,7 @@ def test_protocol_comparison_gap_is_matched_by_replication():
 def fake_engine(monkeypatch):
     tables = {}
     mod = types.ModuleType("simstudy.engine")
-    mod.load_results = lambda spec: tables[Path(spec).stem]
+    mod.load_results = lambda spec, store_dir=None: tables[Path(spec).stem]
     mod.run_study = lambda *a, **k: None
     # a spec whose every task is in the table (a complete study)
     mod.load_spec = lambda spec: types.SimpleNamespace(

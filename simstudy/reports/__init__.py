@@ -9,11 +9,23 @@
   (``simstudy check``).
 """
 
-from simstudy.reports.check import check_failures, make_reference
-from simstudy.reports.configs import configs_from_spec, configs_from_table
-from simstudy.reports.rates import INCLUDED_STATUSES, RateFit, fit_rate, rate_table, verdict
-from simstudy.reports.summaries import per_n_summary
-from simstudy.reports.theory import FitConfig, expectations, theory_table
+# the names below load on first use (PEP 562): `simstudy report --help` and
+# `simstudy check --help` must not wait for numpy, pandas, statsmodels and matplotlib
+_EXPORTS = {
+    "check_failures": "check",
+    "make_reference": "check",
+    "configs_from_spec": "configs",
+    "configs_from_table": "configs",
+    "INCLUDED_STATUSES": "rates",
+    "RateFit": "rates",
+    "fit_rate": "rates",
+    "rate_table": "rates",
+    "verdict": "rates",
+    "per_n_summary": "summaries",
+    "FitConfig": "theory",
+    "expectations": "theory",
+    "theory_table": "theory",
+}
 
 __all__ = [
     "FitConfig",
@@ -30,3 +42,11 @@ __all__ = [
     "check_failures",
     "make_reference",
 ]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"simstudy.reports.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'simstudy.reports' has no attribute {name!r}")

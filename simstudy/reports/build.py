@@ -1,4 +1,4 @@
-"""``simstudy report SPEC... [--out results]``: tables, figures and results/README.md.
+"""``simstudy report SPEC... [--out DIR]``: tables, figures and a README.md under DIR.
 
 For each spec: load the tidy results (engine), derive the theory table from the spec's design
 and fits, fit the rates, write the tables and figures and a small ``<study>_meta.json``. Then
@@ -14,24 +14,39 @@ import json
 import platform
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
+# numpy, pandas, statsmodels and matplotlib load inside the functions, so that
+# `simstudy report --help` is instant
+from simstudy.reports.defaults import BOUND_RULES, DEFAULT_TOL
 
-from simstudy.reports.figures import sweep_figure, write_figures
-from simstudy.reports.rates import BOUND_RULES, DEFAULT_TOL, INCLUDED_STATUSES, rate_table
-from simstudy.reports.summaries import per_n_summary
-from simstudy.reports.tables import _ci, _theory_text, to_markdown, write_tables
-from simstudy.reports.theory import theory_table
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["build_study", "write_readme", "versions", "main"]
 
 _DISTANCES = ("D1", "D2", "hellinger", "tv")
 
 
+def write_figures(*args, **kwargs):
+    """:func:`simstudy.reports.figures.write_figures` (matplotlib loads on first use)."""
+    from simstudy.reports.figures import write_figures as impl
+
+    return impl(*args, **kwargs)
+
+
+def sweep_figure(*args, **kwargs):
+    """:func:`simstudy.reports.figures.sweep_figure` (matplotlib loads on first use)."""
+    from simstudy.reports.figures import sweep_figure as impl
+
+    return impl(*args, **kwargs)
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages the numbers depend on."""
     import numba
+    import numpy as np
+    import pandas as pd
     import statsmodels
 
     import simstudy
@@ -75,6 +90,11 @@ def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
     dict
         ``theory``, ``rates``, ``summary`` (DataFrames), ``files`` (written paths), ``meta``.
     """
+    from simstudy.reports.rates import INCLUDED_STATUSES, rate_table
+    from simstudy.reports.summaries import per_n_summary
+    from simstudy.reports.tables import write_tables
+    from simstudy.reports.theory import theory_table
+
     if df.empty:
         raise ValueError(f"df: study {study!r} has no results; run it first")
     configs = list(configs.values()) if isinstance(configs, dict) else list(configs)
@@ -109,12 +129,17 @@ def _completeness(meta: dict) -> str:
     planned = meta.get("planned")
     if not planned or meta["fits"] >= planned:
         return ""
+    run = f"`simstudy run {meta['spec']}`" if meta.get("spec") else "`simstudy run SPEC`"
     return (f" of {planned} planned (**partial**: {meta.get('complete_reps', '?')} replications "
-            "of every condition so far; `make study` resumes it)")
+            f"of every condition so far; {run} completes it)")
 
 
 def write_readme(out, command: str) -> Path:
     """Regenerate ``<out>/README.md`` from every ``<out>/tables/<study>_meta.json``."""
+    import pandas as pd
+
+    from simstudy.reports.tables import _ci, _theory_text, to_markdown
+
     out = Path(out)
     metas = []
     for p in sorted((out / "tables").glob("*_meta.json")):
@@ -194,8 +219,19 @@ def _add_file_to_meta(out: Path, combined, path: Path) -> None:
     mpath.write_text(json.dumps(meta, indent=1) + "\n")
 
 
+def _store_file(name: str, spec: Path, store_dir) -> Path | None:
+    """The store of a study (for the data date of tables without a creation time)."""
+    try:
+        from simstudy.engine.store import default_store_dir, store_path
+    except ImportError:  # an engine stand-in (tests)
+        return None
+    return store_path(name, store_dir if store_dir is not None else default_store_dir(spec))
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="simstudy report", description=__doc__.split("\n\n")[0])
+    # the help shows plain text, not the docstring's reStructuredText markup
+    p = argparse.ArgumentParser(prog="simstudy report",
+                                description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("specs", nargs="+", metavar="SPEC", help="study spec TOML file(s)")
     p.add_argument("--out", default="results", help="output root (default: %(default)s)")
     p.add_argument("--sweep", metavar="NAME", default=None,
@@ -207,6 +243,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="tolerance on the exponent in the verdicts (default: %(default)s)")
     p.add_argument("--bound-rule", choices=BOUND_RULES, default="upper",
                    help="how slow-rate bounds are judged (default: %(default)s)")
+    p.add_argument("--store-dir", metavar="DIR", default=None,
+                   help="folder of the SQLite stores (default: results/store of the project "
+                        "the spec is in)")
     return p
 
 
@@ -214,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``simstudy report``; returns the exit status (2 on a user error)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    import pandas as pd
+
     from simstudy.reports.configs import configs_from_spec, study_name
 
     combined = []
@@ -225,9 +266,9 @@ def main(argv: list[str] | None = None) -> int:
             if not path.is_file():
                 raise ValueError(f"spec: no such file {path}")
             name = study_name(path)
-            df = load_results(path)
+            df = load_results(path, store_dir=args.store_dir)
             planned = len(load_spec(path).tasks())
-            store = Path("results") / "store" / f"{name}.sqlite"
+            store = None if "created" in df.columns else _store_file(name, path, args.store_dir)
             res = build_study(name, df, configs_from_spec(path), args.out, spec_path=path,
                               figures=not args.no_figures, tol=args.theory_tolerance,
                               bound_rule=args.bound_rule, data_date=_data_date(df, store),

@@ -15,12 +15,13 @@ import datetime as _dt
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
+# numpy, pandas and the rate code load inside the functions: `simstudy check --help` is instant
+from simstudy.reports.defaults import BOUND_RULES, DEFAULT_TOL
 
-from simstudy.reports.rates import BOUND_RULES, DEFAULT_TOL, rate_table
-from simstudy.reports.theory import BOUND, RATE
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "DEFAULT_DRIFT_TOL",
@@ -42,6 +43,8 @@ _KEY = ("study", "label", "protocol", "metric")
 
 def make_reference(rates: pd.DataFrame, spec_hash: str = "") -> dict:
     """A JSON-serialisable reference of the slopes in a rate table."""
+    import numpy as np
+
     rows = []
     for r in rates.itertuples(index=False):
         if np.isfinite(r.slope):
@@ -101,6 +104,10 @@ def check_failures(rates: pd.DataFrame, reference: dict | None,
     (b) with a reference: a reference slope whose row is gone or has no slope, or that moved by
         more than ``tolerance``. Rows not in the reference do not fail (they are new).
     """
+    import numpy as np
+
+    from simstudy.reports.theory import BOUND, RATE
+
     if not (np.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"tolerance: must be finite and >= 0, got {tolerance}")
     if not max_halfwidth > 0:
@@ -140,6 +147,11 @@ def check_failures(rates: pd.DataFrame, reference: dict | None,
 
 def check_table(rates: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
     """The console table: rates beside their reference slopes."""
+    import numpy as np
+    import pandas as pd
+
+    from simstudy.reports.theory import RATE
+
     ref = {}
     if reference is not None:
         ref = {tuple(r[k] for k in _KEY): r["slope"] for r in reference["rows"]}
@@ -158,7 +170,9 @@ def check_table(rates: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="simstudy check", description=__doc__.split("\n\n")[0])
+    # the help shows plain text, not the docstring's reStructuredText markup
+    p = argparse.ArgumentParser(prog="simstudy check",
+                                description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("spec", help="study spec TOML (e.g. studies/ci.toml)")
     p.add_argument("--reference", default="results/ci_reference.json",
                    help="committed reference slopes (default: %(default)s)")
@@ -176,13 +190,20 @@ def _parser() -> argparse.ArgumentParser:
                         "(CI lower end <= bound + tol) (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes for the study")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--store-dir", metavar="DIR", default=None,
+                   help="folder of the SQLite stores (default: results/store of the project "
+                        "the spec is in)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``simstudy check``; returns the exit status."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    import numpy as np
+    import pandas as pd
+
     from simstudy.reports.configs import configs_from_spec
+    from simstudy.reports.rates import rate_table
     from simstudy.reports.theory import theory_table
 
     spec = Path(args.spec)
@@ -196,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         configs = configs_from_spec(spec)
         from simstudy.engine import load_results, run_study
 
-        run_study(spec, jobs=args.jobs, progress=not args.no_progress)
-        df = load_results(spec)
+        run_study(spec, jobs=args.jobs, progress=not args.no_progress,
+                  store_dir=args.store_dir)
+        df = load_results(spec, store_dir=args.store_dir)
         rates = rate_table(df, theory_table(list(configs.values())),
                            tol=args.theory_tolerance, bound_rule=args.bound_rule)
         spec_hash = str(df["spec_hash"].iloc[0]) if "spec_hash" in df and len(df) else ""

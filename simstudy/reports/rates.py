@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 
+from simstudy.reports.defaults import BOUND_RULES, DEFAULT_TOL
 from simstudy.reports.theory import BOUND, FIXED, NONE, RATE
 
 __all__ = [
@@ -42,10 +43,8 @@ __all__ = [
 #: statuses whose fits enter the rate regressions (see the module docstring)
 INCLUDED_STATUSES = ("ok", "not_converged", "empty_expert")
 #: every status a rate table knows: the engine's, plus "empty_expert" (see the module docstring)
-KNOWN_STATUSES = ("ok", "not_converged", "empty_expert", "degenerate", "error")
+KNOWN_STATUSES = ("ok", "not_converged", "empty_expert", "degenerate", "error", "timeout")
 
-#: tolerance on the exponent for a verdict (see :func:`verdict`)
-DEFAULT_TOL = 0.1
 
 #: metric columns of the tidy table that get a rate
 METRIC_PATTERN = re.compile(r"^(D1|D2|hellinger|tv|err_(beta1|a|b|v)_\d+|mass_\d+)$")
@@ -187,10 +186,6 @@ def sensitivity(n, values, min_levels: int = 3) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dropped", "n_min", "slope", "se"])
 
 
-#: how a slow-rate bound is judged: "upper" (as the task states: the whole CI must be at least
-#: as fast as the bound, CI upper end <= bound + tol) or "overlap" (not significantly slower:
-#: CI lower end <= bound + tol)
-BOUND_RULES = ("upper", "overlap")
 
 
 def verdict(kind: str, expected: float, ci_low: float, ci_high: float, slope: float,
