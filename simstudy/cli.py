@@ -388,6 +388,7 @@ def _cmd_replay(args) -> int:
     stored, hashes = None, None
     if path.exists():
         with _open_readonly(path) as store:
+            store.verify()  # a store with any corrupt row is refused as a whole
             stored = store.get_task(cond.condition_id, args.rep)
             hashes = store.spec_hashes()
     _, _, _, result, record = execute(task_fn, task)

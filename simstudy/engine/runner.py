@@ -280,8 +280,7 @@ def _in_plan(keys, spec: StudySpec, reps: int) -> int:
     return sum(1 for cid, rep in keys if cid in ids and rep < reps)
 
 
-def _open_store(spec, path, force_new, allow_mixed, journal_mode, mine, reps, summary,
-                retry_errors):
+def _open_store(spec, path, force_new, allow_mixed, journal_mode, mine, summary):
     """Open and check the store; start a new one (after a backup) where allowed and needed."""
     store = ResultStore(path, journal_mode=journal_mode)
     try:
@@ -290,10 +289,10 @@ def _open_store(spec, path, force_new, allow_mixed, journal_mode, mine, reps, su
             if not force_new:
                 store.check_compatible(spec)  # raises StoreMismatchError with the reasons
             summary.backup = store.backup_and_reset()
-        done = store.done_keys(None) - (store.done_keys(["error"]) if retry_errors else set())
-        to_run = summary.total - _in_plan(done, spec, reps)
+        # rows of another compute key would count as this run's results (even when nothing is
+        # left to run, the summary and the reports would take them as such)
         others = {k: c for k, c in store.compute_keys().items() if k != prov.compute_key(mine)}
-        if to_run and others and not allow_mixed:
+        if others and not allow_mixed:
             if not force_new:
                 old = next((rec for rec, _ in store.provenance_summary()
                             if rec is None or prov.compute_key(rec) != prov.compute_key(mine)),
@@ -317,8 +316,7 @@ def _run_locked(spec, path, t0, *, jobs, backend, scheduler, progress, force_new
     mine = prov.collect(task_fn)
     reps = spec.replications if max_reps is None else min(max_reps, spec.replications)
     summary = RunSummary(study=spec.name, store=path, total=spec.n_tasks(max_reps), skipped=0)
-    store = _open_store(spec, path, force_new, allow_mixed, journal_mode, mine, reps, summary,
-                        retry_errors)
+    store = _open_store(spec, path, force_new, allow_mixed, journal_mode, mine, summary)
     try:
         if summary.backup is not None:
             print(f"{spec.name}: previous store kept as {summary.backup}", file=sys.stderr)

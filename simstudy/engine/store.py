@@ -379,9 +379,11 @@ class ResultStore:
         except sqlite3.DatabaseError as exc:
             raise self._fail(exc, "cannot check") from None
         if [r[0] for r in rows] != ["ok"]:
-            first = rows[0][0] if rows else "no answer"
+            lines = [ln.strip() for r in rows for ln in str(r[0]).splitlines()
+                     if ln.strip() and not ln.startswith("***")] or ["no answer"]
+            more = f" and {len(lines) - 1} more problem(s)" if len(lines) > 1 else ""
             raise StoreCorruptError(f"store {self.path} is corrupt (SQLite quick_check: "
-                                    f"{first}); {_CORRUPT_HINT}")
+                                    f"{lines[0]}{more}); {_CORRUPT_HINT}")
 
     def _create_or_migrate(self) -> None:
         try:
