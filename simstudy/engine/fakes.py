@@ -18,7 +18,7 @@ import numpy as np
 from simstudy.engine.task import generate
 
 __all__ = ["fake_task", "slow_fake_task", "failing_fake_task", "malformed_fake_task",
-           "budget_fake_task", "killing_fake_task", "timed_fake_task"]
+           "budget_fake_task", "killing_fake_task", "timed_fake_task", "stuck_fake_task"]
 
 
 def fake_task(task) -> dict:
@@ -101,3 +101,9 @@ def timed_fake_task(task) -> dict:
     result = fake_task(task)
     result["metrics"].update(wall_start=start, wall_end=time.time())
     return result
+
+
+def stuck_fake_task(task) -> dict:
+    """:func:`fake_task` after 60 s: a fit that takes long (to kill runs while tasks run)."""
+    time.sleep(60)
+    return fake_task(task)

@@ -126,18 +126,18 @@ _LIMITED_FOR_GOOD = False
 _WATCHING = False
 
 
-def _exit_with_parent() -> None:
-    """In a loky worker: exit as soon as the parent run dies.
+def _exit_with_parent(parent: int | None = None) -> None:
+    """In a loky worker: exit as soon as the parent run (pid ``parent``) dies.
 
-    A killed parent cannot tell its workers to stop, and they would go on with the tasks
-    already queued to them (minutes, for nothing: no one stores their results). A daemon thread
-    notices the re-parenting (``os.getppid()`` changes) and ends the process.
+    A killed parent cannot tell its workers to stop: they would go on with the tasks already
+    queued to them, or wait for tasks forever (no one stores their results). A daemon thread
+    notices the re-parenting (``os.getppid()`` is no longer the run) and ends the process.
     """
     global _WATCHING
     if _WATCHING:
         return
     _WATCHING = True
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
 
     def watch():
         while os.getppid() == parent:
@@ -145,6 +145,13 @@ def _exit_with_parent() -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="simstudy-parent-watch", daemon=True).start()
+
+
+def _loky_worker_init(parent: int) -> None:
+    """Start-up of every loky worker: watch the parent before the first task arrives (an idle
+    worker blocked on its task queue would otherwise outlive a killed parent for good).
+    ``parent`` is the run's pid, passed in: the parent may die before this runs."""
+    _exit_with_parent(parent)
 
 
 def execute(task_fn: Callable, task, limit: str = "each") -> tuple[str, int, int, dict, dict]:
@@ -415,7 +422,8 @@ def _dispatch_loky(pending, task_fn, jobs, record, summary):
     try:
         # inner_max_num_threads=1: numba/BLAS/OpenMP env vars set to 1 in every worker
         with parallel_config(backend="loky", n_jobs=-1 if jobs is None else jobs,
-                             inner_max_num_threads=1):
+                             inner_max_num_threads=1, initializer=_loky_worker_init,
+                             initargs=(os.getpid(),)):
             for item in Parallel(return_as="generator_unordered")(calls):
                 record(item)
     except BrokenProcessPool as exc:
