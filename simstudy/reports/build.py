@@ -77,7 +77,7 @@ def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
     study : str
         Study name (file prefix).
     df : pandas.DataFrame
-        Tidy results (COMMON.md engine contract).
+        Tidy results (:mod:`simstudy.engine.results`).
     configs : dict or list of FitConfig
         The fitted configurations (from :func:`simstudy.reports.configs.configs_from_spec`).
     out : path

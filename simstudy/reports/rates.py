@@ -236,8 +236,8 @@ def rate_table(df: pd.DataFrame, theory: pd.DataFrame | None = None, *,
     Parameters
     ----------
     df : pandas.DataFrame
-        Tidy results (COMMON.md engine contract): study, label, protocol, n, rep, status and the
-        metric columns.
+        Tidy results (:mod:`simstudy.engine.results`): study, label, protocol, n, rep, status and
+        the metric columns.
     theory : pandas.DataFrame, optional
         :func:`simstudy.reports.theory.theory_table` output (label, metric, kind, expected,
         reason); without it every row is "no guarantee".
