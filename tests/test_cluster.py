@@ -26,7 +26,7 @@ def table(store, spec=SMALL) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def process_cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         yield cluster
 
 
@@ -73,7 +73,7 @@ def test_the_slurm_backend_runs_on_its_cluster(tmp_path, monkeypatch):
             seen.update(cores=cores, processes=processes, prologue=job_script_prologue,
                         **options)
             super().__init__(n_workers=0, threads_per_worker=1, processes=False,
-                             dashboard_address=None)
+                             dashboard_address=":0")
 
         def scale(self, n=None, **kw):
             seen.setdefault("scaled", []).append(n)
@@ -112,7 +112,7 @@ def test_the_slurm_job_script_has_one_thread_per_worker():
 
     cluster = slurm_cluster({"queue": "short", "account": "lab", "cores": 4,
                              "walltime": "02:00:00",
-                             "scheduler_options": {"dashboard_address": None}})
+                             "scheduler_options": {"dashboard_address": ":0"}})
     try:
         script = cluster.job_script()
     finally:

@@ -255,3 +255,19 @@ def test_report_and_check_take_a_store_dir(monkeypatch, tmp_path):
     except Exception:  # an empty table cannot be checked; only the plumbing matters here
         pass
     assert calls["run"]["store_dir"] == str(tmp_path) and calls["load"] == str(tmp_path)
+
+
+def test_report_shows_the_provenance(tmp_path):
+    """The report's README says who computed the fits, from the tidy table's columns."""
+    from simstudy.reports.build import _provenance, _provenance_text
+
+    df = pd.DataFrame({"prov_task": ["t:a"] * 3 + ["t:b"], "prov_code": ["c1"] * 3 + ["c2"],
+                       "prov_git": [None] * 4, "prov_host": ["h1", "h2", "h1", "h3"],
+                       "prov_cpu": ["x"] * 4, "prov_numpy": ["2.0"] * 4})
+    records = _provenance(df)
+    assert [(r["task"], r["fits"], r["hosts"]) for r in records] == [
+        ("t:a", 3, ["h1", "h2"]), ("t:b", 1, ["h3"])]
+    text = _provenance_text(records)
+    assert "3 fits computed by `t:a`" in text and "code c1" in text and "on h1, h2." in text
+    assert "**Mixed provenance**" in text
+    assert _provenance_text(_provenance(df.drop(columns=[c for c in df if "prov" in c]))) == ""

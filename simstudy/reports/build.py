@@ -66,6 +66,39 @@ def _data_date(df: pd.DataFrame, store: Path | None) -> str:
     return "unknown"
 
 
+def _provenance(df: pd.DataFrame) -> list[dict]:
+    """Who computed the fits: one record per distinct code/library version, with its hosts."""
+    keys = [c for c in df.columns if c.startswith("prov_") and c not in ("prov_host", "prov_cpu")]
+    if not keys:
+        return []
+    out = []
+    for values, g in df.groupby(keys, dropna=False, sort=False):
+        values = values if isinstance(values, tuple) else (values,)
+        rec = {k[len("prov_"):]: (None if v != v else v) for k, v in zip(keys, values,
+                                                                         strict=True)}
+        hosts = g["prov_host"].dropna() if "prov_host" in g else []
+        rec.update(fits=int(len(g)), hosts=sorted({str(h) for h in hosts}))
+        out.append(rec)
+    return sorted(out, key=lambda r: -r["fits"])
+
+
+def _provenance_text(records: list[dict]) -> str:
+    """'Computed by ...' lines of a study in the README ('' when the table had none)."""
+    if not records:
+        return ""
+    lines = []
+    for r in records:
+        git = f" (git {r['git']})" if r.get("git") else ""
+        lines.append(f"{r['fits']} fits computed by `{r.get('task')}`, simstudy "
+                     f"{r.get('simstudy')}, code {r.get('code')}{git}, python {r.get('python')}, "
+                     f"numpy {r.get('numpy')}, scipy {r.get('scipy')}, numba {r.get('numba')}, "
+                     f"BLAS {r.get('blas')}; on {', '.join(r['hosts']) or 'unknown hosts'}.")
+    if len(records) > 1:
+        lines.append("**Mixed provenance**: these fits come from different code or library "
+                     "versions.")
+    return "\n".join(lines)
+
+
 def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
                 figures: bool = True, tol: float = DEFAULT_TOL,
                 bound_rule: str = "upper", data_date: str = "unknown",
@@ -119,6 +152,7 @@ def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
         "data_date": data_date, "statuses_used": list(INCLUDED_STATUSES),
         "verdict_tolerance": tol, "bound_rule": bound_rule,
         "files": sorted(str(p.relative_to(out)) for p in files),
+        "provenance": _provenance(df),
     }
     (out / "tables" / f"{study}_meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return {"theory": theory, "rates": rates, "summary": summary, "files": files, "meta": meta}
@@ -202,6 +236,9 @@ def write_readme(out, command: str) -> Path:
                   f"{_completeness(meta)} "
                   f"({counts}); data from {meta['data_date']}; verdict tolerance "
                   f"{meta['verdict_tolerance']}, bound rule {meta['bound_rule']}.", ""]
+        provenance = _provenance_text(meta.get("provenance") or [])
+        if provenance:
+            lines += [provenance, ""]
         for f in meta["files"]:
             lines.append(f"- [{f}]({f})")
         lines.append("")
