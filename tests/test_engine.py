@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -25,11 +24,8 @@ from simstudy.engine import (
 )
 from simstudy.engine.fakes import failing_fake_task, fake_task, slow_fake_task
 from simstudy.engine.store import ResultStore
+from tests.engine_helpers import KILL, ROOT, SMALL, run
 
-DATA = Path(__file__).parent / "data"
-SMALL = DATA / "engine_small.toml"
-KILL = DATA / "engine_kill.toml"
-ROOT = Path(__file__).resolve().parents[1]
 TIMING = ["seconds", "created"]
 
 
@@ -37,12 +33,6 @@ def comparable(df: pd.DataFrame) -> pd.DataFrame:
     """Rows minus timing columns, in a canonical order."""
     return (df.drop(columns=TIMING).sort_values(["condition_id", "rep"])
             .reset_index(drop=True))
-
-
-def run(spec, store, **kw):
-    kw.setdefault("progress", False)
-    kw.setdefault("task_fn", fake_task)
-    return run_study(spec, store_dir=store, **kw)
 
 
 @pytest.fixture(scope="module")

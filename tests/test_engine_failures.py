@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,18 +19,7 @@ from simstudy.engine import load_results, load_spec, run_study, store_path
 from simstudy.engine.errors import ClusterError
 from simstudy.engine.fakes import budget_fake_task, fake_task
 from simstudy.engine.store import ResultStore
-
-DATA = Path(__file__).parent / "data"
-SMALL = DATA / "engine_small.toml"
-KILL = DATA / "engine_kill.toml"
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert "Traceback" not in err[0]
-    return err[0]
+from tests.engine_helpers import KILL, ROOT, SMALL, one_error_line
 
 
 def simstudy(*args, timeout=300, **kw):

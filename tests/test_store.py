@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from simstudy.cli import main
-from simstudy.engine import ProvenanceMismatchError, load_results, load_spec, run_study, store_path
+from simstudy.engine import ProvenanceMismatchError, load_results, load_spec, store_path
 from simstudy.engine import provenance as prov
 from simstudy.engine import store as store_module
 from simstudy.engine.errors import (
@@ -26,31 +26,20 @@ from simstudy.engine.errors import (
 )
 from simstudy.engine.fakes import fake_task, slow_fake_task
 from simstudy.engine.store import ResultStore, StoreLock
+from tests.engine_helpers import KILL, ROOT, SMALL, one_error_line
+from tests.engine_helpers import run as run_any_jobs
 
-DATA = Path(__file__).parent / "data"
-SMALL = DATA / "engine_small.toml"
-KILL = DATA / "engine_kill.toml"
-ROOT = Path(__file__).resolve().parents[1]
 FAKE = ["--task", "simstudy.engine.fakes:fake_task"]
 
 
 def run(spec, store, **kw):
-    kw.setdefault("progress", False)
-    kw.setdefault("task_fn", fake_task)
-    kw.setdefault("jobs", 1)
-    return run_study(spec, store_dir=store, **kw)
+    """A fake run in this process (jobs = 1 unless given)."""
+    return run_any_jobs(spec, store, **{"jobs": 1, **kw})
 
 
 def rows_in(path) -> int:
     with ResultStore(path, readonly=True) as store:
         return store.verify()
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert "Traceback" not in err[0]
-    return err[0]
 
 
 def spec_copy(tmp_path, source=SMALL) -> Path:
