@@ -101,10 +101,16 @@ def _cpu() -> str:
 
 
 def _version(module: str) -> str | None:
+    # the installed distribution's version: no import (numba alone takes about a second)
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        return __import__(module).__version__
-    except Exception:  # pragma: no cover - an optional library that fails to import
-        return None
+        return version(module)
+    except PackageNotFoundError:  # pragma: no cover - not installed as a distribution
+        try:
+            return __import__(module).__version__
+        except Exception:
+            return None
 
 
 @functools.lru_cache(maxsize=1)

@@ -193,6 +193,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store-dir", metavar="DIR", default=None,
                    help="folder of the SQLite stores (default: results/store of the project "
                         "the spec is in)")
+    p.add_argument("--force-new", action="store_true",
+                   help="start a new store when the stored rows no longer match the spec or "
+                        "were computed by other code (the old one is kept as a backup)")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="check rows computed by other code or library versions together")
     return p
 
 
@@ -218,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         from simstudy.engine import load_results, run_study
 
         run_study(spec, jobs=args.jobs, progress=not args.no_progress,
-                  store_dir=args.store_dir)
+                  store_dir=args.store_dir, force_new=args.force_new,
+                  allow_mixed=args.allow_mixed)
         df = load_results(spec, store_dir=args.store_dir)
         rates = rate_table(df, theory_table(list(configs.values())),
                            tol=args.theory_tolerance, bound_rule=args.bound_rule)
