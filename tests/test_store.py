@@ -533,3 +533,48 @@ def test_a_too_long_study_name_is_refused_at_validation(tmp_path, capsys):
     assert main(["run", str(spec), "--store-dir", str(tmp_path), "--no-progress", *FAKE]) == 2
     line = one_error_line(capsys)
     assert "key 'study.name': is 244 bytes long; at most 100" in line
+
+
+_SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE conditions (condition_id TEXT PRIMARY KEY, label TEXT, protocol TEXT, design TEXT,
+    true_K INTEGER, n INTEGER, n_experts INTEGER, n_selected INTEGER, init TEXT,
+    content_json TEXT NOT NULL);
+CREATE TABLE tasks (condition_id TEXT NOT NULL, rep INTEGER NOT NULL, spec_hash TEXT, n INTEGER,
+    status TEXT, message TEXT, stop_reason TEXT, n_iter INTEGER, seconds REAL, loglik REAL,
+    grad_norm REAL, flag_var_floor INTEGER, flag_empty_expert INTEGER, flag_non_finite INTEGER,
+    params_json TEXT, metrics_json TEXT, created TEXT, PRIMARY KEY (condition_id, rep));
+"""
+
+
+def test_a_store_of_the_previous_schema(tmp_path, capsys):
+    """Stores written before provenance existed stay readable; adding to them is asked for."""
+    spec = load_spec(SMALL)
+    path = store_path("engine_small", tmp_path)
+    conn = sqlite3.connect(path)
+    conn.executescript(_SCHEMA_1)
+    rows = [(c.condition_id, r, spec.spec_hash, c.n, "ok", "", "tol", 5, 0.1, -10.0 - r, 1e-3,
+             0, 0, 0, json.dumps({"mean_y": 0.1}), json.dumps({"hellinger": 0.01}),
+             "2025-01-01T00:00:00+00:00") for c in spec.conditions() for r in range(2)]
+    conn.executemany(f"INSERT INTO tasks VALUES ({', '.join('?' * 17)})", rows)
+    conn.executemany("INSERT INTO meta VALUES (?, ?)", [("study", "engine_small"),
+                                                        ("spec_hash", spec.spec_hash)])
+    conn.commit()
+    conn.close()
+    assert main(["status", str(SMALL), "--store-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "12/18 tasks done" in out and "computed by (12 rows): unknown" in out
+    assert len(load_results(SMALL, store_dir=tmp_path)) == 12
+    args = ["run", str(SMALL), "--store-dir", str(tmp_path), "--no-progress", "--jobs", "1",
+            *FAKE]
+    assert main(args) == 2
+    assert "rows stored before provenance was recorded" in one_error_line(capsys)
+    assert main([*args, "--allow-mixed"]) == 0
+    df = load_results(SMALL, store_dir=tmp_path)
+    assert len(df) == 18 and df["prov_task"].isna().sum() == 12
+    # an old row that rots is still caught (no checksum, but its JSON must read)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE tasks SET metrics_json = ? WHERE rep = 0 AND checksum IS NULL",
+                     ("\0" * 20,))
+    assert main(["status", str(SMALL), "--store-dir", str(tmp_path)]) == 1
+    assert "holds unreadable JSON" in one_error_line(capsys)

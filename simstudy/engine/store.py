@@ -427,6 +427,13 @@ class ResultStore:
         except sqlite3.DatabaseError as exc:
             raise self._fail(exc, "cannot read") from None
 
+    def _columns(self, prefix: str = "") -> str:
+        """The select list of a task row plus its checksum; NULL for the columns that a store
+        of schema 1 (opened read-only, so not migrated) does not have."""
+        have = {r[1] for r in self._query("PRAGMA table_info(tasks)")}
+        return ", ".join(f"{prefix}{c}" if c in have else f"NULL AS {c}"
+                         for c in (*_ROW_COLUMNS, "checksum"))
+
     def _commit(self, statements, doing: str, hint: str = "") -> None:
         """Run ``(sql, args)`` pairs in one transaction; failures become one-line errors."""
         try:
@@ -543,6 +550,9 @@ class ResultStore:
     def provenance_summary(self) -> list[tuple[dict | None, int]]:
         """(record, rows) per provenance record, most rows first (None: unrecorded)."""
         records = self.provenance_records()
+        if "provenance_id" not in {r[1] for r in self._query("PRAGMA table_info(tasks)")}:
+            total = self.row_count()
+            return [(None, total)] if total else []
         counts = self._query("SELECT provenance_id, COUNT(*) FROM tasks GROUP BY provenance_id")
         out = [(records.get(pid) if pid else None, count) for pid, count in counts]
         return sorted(out, key=lambda item: -item[1])
@@ -606,7 +616,7 @@ class ResultStore:
 
     def verify(self) -> int:
         """Check every row; return the number of rows (raises StoreCorruptError)."""
-        rows = self._query(f"SELECT {', '.join(_ROW_COLUMNS)}, checksum FROM tasks")
+        rows = self._query(f"SELECT {self._columns()} FROM tasks")
         for row in rows:
             self._verify(row[:-1], row[-1])
         return len(rows)
@@ -617,9 +627,8 @@ class ResultStore:
         ``metrics`` (parsed) and ``provenance`` (the record, or None) replace their JSON.
         """
         records = self.provenance_records()
-        cur_cols = ", ".join(f"t.{c}" for c in _ROW_COLUMNS)
         rows = self._query(
-            f"SELECT {cur_cols}, t.checksum, c.label, c.protocol, c.design, c.true_K, "
+            f"SELECT {self._columns('t.')}, c.label, c.protocol, c.design, c.true_K, "
             "c.n_experts, c.n_selected, c.init FROM tasks t LEFT JOIN conditions c "
             "USING (condition_id) " + (f"WHERE {where} " if where else "")
             + "ORDER BY c.label, c.protocol, t.n, t.rep", args)

@@ -93,8 +93,11 @@ def check_fit_options(task) -> tuple[str, str] | None:
                             + (" (no per-fit time budget yet)" if option == "max_seconds"
                                else ""))
     est = TopKMoEEM(task.fit["k"], task.fit["K"], random_state=0, **opts)
+    check = getattr(est, "_check_options", None)  # the estimator's own validation, if any
+    if check is None:
+        return None
     try:
-        est._check_options()
+        check()
     except ValueError as exc:
         option = str(exc).split(":", 1)[0].strip()
         return option, str(exc)
