@@ -17,7 +17,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[torch,dev]"
+	$(PY) -m pip install --quiet -e ".[torch,dev,cluster]"
 	touch $@
 
 test: install

@@ -174,7 +174,7 @@ def fake_engine(monkeypatch):
     mod = types.ModuleType("simstudy.engine")
     mod.run_study = lambda spec, jobs=None, progress=True, **kw: state["runs"].append(
         (str(spec), jobs))
-    mod.load_results = lambda spec: state["df"]
+    mod.load_results = lambda spec, store_dir=None: state["df"]
     monkeypatch.setitem(sys.modules, "simstudy.engine", mod)
     return state
 

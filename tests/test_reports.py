@@ -117,7 +117,7 @@ def test_protocol_comparison_gap_is_matched_by_replication():
 def fake_engine(monkeypatch):
     tables = {}
     mod = types.ModuleType("simstudy.engine")
-    mod.load_results = lambda spec: tables.get(Path(spec).stem, pd.DataFrame(
+    mod.load_results = lambda spec, store_dir=None: tables.get(Path(spec).stem, pd.DataFrame(
         columns=["label", "protocol", "n", "rep", "status"]))
     mod.run_study = lambda *a, **k: None
     # a spec whose every task is in the table (a complete study)

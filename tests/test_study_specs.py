@@ -94,7 +94,9 @@ def test_two_extra_atoms_start_on_the_expert_and_split_its_mass():
 
 @pytest.mark.skipif(_estimator_takes("beta1_bound"), reason="the estimator has the option")
 def test_bounded_slope_fit_is_refused_with_a_clear_message_without_the_option(tmp_path):
-    with pytest.raises(SpecError, match=r"fit\[0\].beta1_bound': this installation's"):
+    with pytest.raises(SpecError, match=r"key 'fit\[0\].beta1_bound': fit 'over' with protocol "
+                                        r"'papers': beta1_bound: the estimator of this version "
+                                        r"has no option 'beta1_bound'"):
         load_spec(write(tmp_path, K=4, more="beta1_bound = 20.0"))
 
 

@@ -12,36 +12,33 @@
   (``simstudy check``).
 """
 
-from simstudy.reports.check import check_failures, make_reference
-from simstudy.reports.configs import configs_from_spec, configs_from_table
-from simstudy.reports.factorial import factorial_table
-from simstudy.reports.rates import (
-    INCLUDED_STATUSES,
-    RateFit,
-    RateFits,
-    fit_rate,
-    fit_rates,
-    rate_table,
-)
-from simstudy.reports.summaries import per_n_summary
-from simstudy.reports.theory import FitConfig, expectations, theory_table
-from simstudy.reports.verdicts import verdict
+# the names below load on first use (PEP 562): `simstudy report --help` and
+# `simstudy check --help` must not wait for numpy, pandas, statsmodels and matplotlib
+_EXPORTS = {
+    "check_failures": "check",
+    "make_reference": "check",
+    "configs_from_spec": "configs",
+    "configs_from_table": "configs",
+    "factorial_table": "factorial",
+    "INCLUDED_STATUSES": "rates",
+    "RateFit": "rates",
+    "RateFits": "rates",
+    "fit_rate": "rates",
+    "fit_rates": "rates",
+    "rate_table": "rates",
+    "verdict": "verdicts",
+    "per_n_summary": "summaries",
+    "FitConfig": "theory",
+    "expectations": "theory",
+    "theory_table": "theory",
+}
 
-__all__ = [
-    "FitConfig",
-    "expectations",
-    "theory_table",
-    "configs_from_spec",
-    "configs_from_table",
-    "INCLUDED_STATUSES",
-    "RateFit",
-    "RateFits",
-    "fit_rate",
-    "fit_rates",
-    "rate_table",
-    "verdict",
-    "factorial_table",
-    "per_n_summary",
-    "check_failures",
-    "make_reference",
-]
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"simstudy.reports.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'simstudy.reports' has no attribute {name!r}")

@@ -16,29 +16,14 @@ import json
 import platform
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
+# numpy, pandas, statsmodels and matplotlib load inside the functions, so that
+# `simstudy report --help` is instant
+from simstudy.reports.defaults import DEFAULT_BOOT, DEFAULT_TOL
 
-from simstudy.reports.factorial import factorial_table, format_factorial
-from simstudy.reports.figures import metric_figure, save_figure, write_figures
-from simstudy.reports.rates import (
-    DEFAULT_BOOT,
-    DEFAULT_TOL,
-    INCLUDED_STATUSES,
-    partition_table,
-    rate_table,
-)
-from simstudy.reports.summaries import diagnostic_summary, per_n_summary
-from simstudy.reports.tables import (
-    ci_text,
-    range_text,
-    theory_text,
-    to_markdown,
-    write_tables,
-)
-from simstudy.reports.theory import theory_table
-from simstudy.reports.verdicts import BOUND, MIN_LEVELS, MIN_REPS
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["build_study", "write_readme", "versions", "data_path", "write_data", "read_data",
            "load_study_data", "main"]
@@ -49,6 +34,8 @@ _DISTANCES = ("D1", "D2", "hellinger", "tv")
 def versions() -> dict[str, str]:
     """Versions of the packages the numbers depend on."""
     import numba
+    import numpy as np
+    import pandas as pd
     import statsmodels
 
     import simstudy
@@ -56,6 +43,58 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "numpy": np.__version__,
             "numba": numba.__version__, "statsmodels": statsmodels.__version__,
             "pandas": pd.__version__, "simstudy": simstudy.__version__}
+
+
+def _data_date(df: pd.DataFrame, store: Path | None) -> str:
+    for col in ("created", "created_at", "finished"):
+        if col in df.columns and df[col].notna().any():
+            return str(df[col].dropna().astype(str).max())
+    if store is not None and store.is_file():
+        ts = _dt.datetime.fromtimestamp(store.stat().st_mtime, _dt.UTC)
+        return ts.isoformat(timespec="seconds") + " (store file time)"
+    return "unknown"
+
+
+def _provenance(df: pd.DataFrame) -> list[dict]:
+    """Who computed the fits: one record per distinct code/library version, with its hosts."""
+    keys = [c for c in df.columns if c.startswith("prov_") and c not in ("prov_host", "prov_cpu")]
+    if not keys:
+        return []
+    out = []
+    for values, g in df.groupby(keys, dropna=False, sort=False):
+        values = values if isinstance(values, tuple) else (values,)
+        rec = {k[len("prov_"):]: (None if v != v else v) for k, v in zip(keys, values,
+                                                                         strict=True)}
+        hosts = g["prov_host"].dropna() if "prov_host" in g else []
+        rec.update(fits=int(len(g)), hosts=sorted({str(h) for h in hosts}))
+        out.append(rec)
+    return sorted(out, key=lambda r: -r["fits"])
+
+
+def _provenance_text(records: list[dict]) -> str:
+    """'Computed by ...' lines of a study in the README ('' when the table had none)."""
+    if not records:
+        return ""
+    lines = []
+    for r in records:
+        git = f" (git {r['git']})" if r.get("git") else ""
+        lines.append(f"{r['fits']} fits computed by `{r.get('task')}`, simstudy "
+                     f"{r.get('simstudy')}, code {r.get('code')}{git}, python {r.get('python')}, "
+                     f"numpy {r.get('numpy')}, scipy {r.get('scipy')}, numba {r.get('numba')}, "
+                     f"BLAS {r.get('blas')}; on {', '.join(r['hosts']) or 'unknown hosts'}.")
+    if len(records) > 1:
+        lines.append("**Mixed provenance**: these fits come from different code or library "
+                     "versions.")
+    return "\n".join(lines)
+
+
+def _store_file(name: str, spec: Path, store_dir) -> Path | None:
+    """The store of a study (for the data date of tables without a creation time)."""
+    try:
+        from simstudy.engine.store import default_store_dir, store_path
+    except ImportError:  # an engine stand-in (tests)
+        return None
+    return store_path(name, store_dir if store_dir is not None else default_store_dir(spec))
 
 
 def data_path(out, study: str) -> Path:
@@ -73,6 +112,8 @@ def write_data(df: pd.DataFrame, path) -> Path:
 
 def read_data(path) -> pd.DataFrame:
     """Read a per-fit data file written by :func:`write_data`."""
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"data: no per-fit data file {path}")
@@ -109,7 +150,8 @@ def load_study_data(spec_path, out, *, from_data: bool = False,
 
 def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
                 figures: bool = True, tol: float = DEFAULT_TOL, n_boot: int = DEFAULT_BOOT,
-                source: str = "", planned: int | None = None) -> dict:
+                source: str = "", planned: int | None = None,
+                data_date: str = "unknown") -> dict:
     """Theory, rates, summaries, tables and figures of one study.
 
     Parameters
@@ -135,6 +177,12 @@ def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
         ``theory``, ``rates``, ``summary``, ``factorial`` (DataFrames), ``files`` (written
         paths), ``meta``.
     """
+    from simstudy.reports.factorial import factorial_table
+    from simstudy.reports.rates import INCLUDED_STATUSES, partition_table, rate_table
+    from simstudy.reports.summaries import diagnostic_summary, per_n_summary
+    from simstudy.reports.tables import write_tables
+    from simstudy.reports.theory import theory_table
+
     if df.empty:
         raise ValueError(f"df: study {study!r} has no results; run it first")
     configs = list(configs.values()) if isinstance(configs, dict) else list(configs)
@@ -152,6 +200,8 @@ def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
     files.append(out / "tables" / f"{study}_theory.csv")
     key_figures = []
     if figures:
+        from simstudy.reports.figures import write_figures
+
         figs = write_figures(study, df, rates, theory, out, factorial=fac)
         files += figs
         key_figures = _key_figures(study, figs, theory, out)
@@ -168,10 +218,12 @@ def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
         "designs": {str(k): str(v) for k, v in df.groupby("label")["design"].first().items()}
         if "design" in df.columns else {},
         "status_counts": {str(k): int(v) for k, v in df["status"].value_counts().items()},
+        "data_date": data_date,
         "statuses_used": list(INCLUDED_STATUSES), "verdict_tolerance": tol, "n_boot": n_boot,
         "data": str(data_path(out, study).relative_to(out)),
         "key_figures": key_figures,
         "files": sorted(str(p.relative_to(out)) for p in files),
+        "provenance": _provenance(df),
     }
     (out / "tables" / f"{study}_meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return {"theory": theory, "rates": rates, "summary": summary, "factorial": fac,
@@ -205,7 +257,7 @@ def _key_figures(study: str, figs, theory: pd.DataFrame, out: Path) -> list[str]
             keys.append(names[f"{study}_{m}.png"])
             break
     for label, g in theory.groupby("label", sort=False):
-        if int(g["k"].iloc[0]) > int(g["k_star"].iloc[0]) and (g["kind"] == BOUND).any():
+        if int(g["k"].iloc[0]) > int(g["k_star"].iloc[0]) and (g["kind"] == "bound").any():
             for stem in (f"{study}_params_{label}_multi.png", f"{study}_factorial_{label}.png"):
                 if stem in names:
                     keys.append(names[stem])
@@ -227,6 +279,8 @@ def _study_key(name: str):
 def _built(out: Path):
     """(meta, rates, theory, factorial) of every study built under ``out`` by this version
     (a study whose tables an older simstudy wrote is skipped, and named)."""
+    import pandas as pd
+
     found, stale = [], []
     for p in sorted((out / "tables").glob("*_meta.json")):
         meta = json.loads(p.read_text())
@@ -250,6 +304,8 @@ def _built(out: Path):
 def atoms_table(built) -> pd.DataFrame:
     """Expert 1 fitted by m = 1, 2, 3 atoms, per design: the headline slope of each of its
     parameters beside the theory's exponent (first study listed for each design and m)."""
+    import pandas as pd
+
     rows, seen = [], set()
     # the dedicated studies first (topk_exact before the K sweep's identical K = 2 fit)
     for meta, rates, theory, _ in sorted(built, key=lambda b: ("sweep" in b[0]["study"],
@@ -291,7 +347,10 @@ def atoms_table(built) -> pd.DataFrame:
 def write_cross_study(out, figures: bool = True) -> list[Path]:
     """Outputs that combine studies: ``tables/expert1_atoms.{csv,md}`` and
     ``figures/expert1_atoms.png`` (expert 1 fitted by m = 1, 2, 3 atoms)."""
-    from simstudy.reports.figures import atoms_figure
+    import pandas as pd
+
+    from simstudy.reports.figures import atoms_figure, save_figure
+    from simstudy.reports.tables import range_text, theory_text, to_markdown
 
     out = Path(out)
     built, _ = _built(out)
@@ -330,21 +389,30 @@ def _completeness(meta: dict) -> str:
     planned = meta.get("planned")
     if not planned or meta["fits"] >= planned:
         return ""
+    run = f"`simstudy run {meta['spec']}`" if meta.get("spec") else "`simstudy run SPEC`"
     return (f" of {planned} planned (**partial**: {meta.get('complete_reps', '?')} replications "
-            "of every condition so far; `make study` resumes it)")
+            f"of every condition so far; {run} completes it)")
 
 
 def _fits_per_n(lo, hi) -> str:
+    import numpy as np
+
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return ""
     return f"{int(lo)}" if lo == hi else f"{int(lo)}-{int(hi)}"
 
 
 def _slope_ci(s, lo, hi) -> str:
+    import numpy as np
+
+    from simstudy.reports.tables import ci_text
+
     return f"{s:+.3f} {ci_text(lo, hi)}" if np.isfinite(s) else ""
 
 
 def _headline_rows(meta: dict, r: pd.DataFrame, metrics) -> list[dict]:
+    from simstudy.reports.tables import range_text, theory_text
+
     rows = []
     for row in r[r["metric"].isin(metrics)].itertuples(index=False):
         rows.append({
@@ -364,6 +432,12 @@ def _headline_rows(meta: dict, r: pd.DataFrame, metrics) -> list[dict]:
 
 def write_readme(out, command: str) -> Path:
     """Regenerate ``<out>/README.md`` from every ``<out>/tables/<study>_meta.json``."""
+    import pandas as pd
+
+    from simstudy.reports.factorial import format_factorial
+    from simstudy.reports.tables import to_markdown
+    from simstudy.reports.verdicts import MIN_LEVELS, MIN_REPS
+
     out = Path(out)
     built, stale = _built(out)
     metas = [(meta, rates, fac) for meta, rates, _, fac in built]
@@ -371,7 +445,7 @@ def write_readme(out, command: str) -> Path:
     for meta, r, fac in metas:
         r = r[r["headline"].astype(bool)]
         head += _headline_rows(meta, r, _DISTANCES)
-        multi = r[(r["kind"] == BOUND)]
+        multi = r[(r["kind"] == "bound")]
         slow += _headline_rows(meta, multi, multi["metric"].unique())
         p = r[~r["metric"].isin(_DISTANCES)]
         for (label, proto), g in p.groupby(["label", "protocol"], sort=False):
@@ -379,7 +453,7 @@ def write_readme(out, command: str) -> Path:
             verdicts.append({"study": meta["study"], "label": label, "protocol": proto,
                              **{k: int(c) for k, c in counts.items()}})
         if fac is not None and len(fac):
-            keep = fac[fac["metric"].isin(_DISTANCES) | (fac["kind"] == BOUND)]
+            keep = fac[fac["metric"].isin(_DISTANCES) | (fac["kind"] == "bound")]
             facs.append(format_factorial(keep).assign(study=meta["study"]))
     v = versions()
     lines = [
@@ -441,9 +515,13 @@ def write_readme(out, command: str) -> Path:
                   f"Spec `{meta['spec']}` (hash `{meta['spec_hash']}`), {meta['fits']} fits"
                   f"{_completeness(meta)} ({counts}), protocols "
                   f"{', '.join(meta.get('protocols', []))}; per-fit data "
-                  f"[`{meta.get('data', '')}`]({meta.get('data', '')}); verdict tolerance "
+                  f"[`{meta.get('data', '')}`]({meta.get('data', '')}) from "
+                  f"{meta.get('data_date', 'unknown')}; verdict tolerance "
                   f"{meta['verdict_tolerance']}, {meta.get('n_boot', '?')} bootstrap "
                   "resamples.", ""]
+        provenance = _provenance_text(meta.get("provenance") or [])
+        if provenance:
+            lines += [provenance, ""]
         for f in meta["files"]:
             lines.append(f"- [{f}]({f})")
         lines.append("")
@@ -462,11 +540,14 @@ def write_readme(out, command: str) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="simstudy report", description=__doc__.split("\n\n")[0])
+    # the help shows plain text, not the docstring's reStructuredText markup
+    p = argparse.ArgumentParser(prog="simstudy report",
+                                description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("specs", nargs="+", metavar="SPEC", help="study spec TOML file(s)")
     p.add_argument("--out", default="results", help="output root (default: %(default)s)")
     p.add_argument("--store-dir", metavar="DIR", default=None,
-                   help="folder of the SQLite stores (default: results/store)")
+                   help="folder of the SQLite stores (default: results/store of the project "
+                        "the spec is in)")
     p.add_argument("--from-data", action="store_true",
                    help="read the committed per-fit data (<out>/data/<study>.parquet), never "
                         "the store")
@@ -485,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``simstudy report``; returns the exit status (2 on a user error)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    import pandas as pd
+
     from simstudy.reports.configs import configs_from_spec, study_name
 
     combined = []
@@ -503,9 +586,12 @@ def main(argv: list[str] | None = None) -> int:
             if source == "store":
                 write_data(df, data_path(args.out, name))
             planned = len(load_spec(path).tasks())
+            store = (None if "created" in df.columns or source != "store"
+                     else _store_file(name, path, args.store_dir))
             res = build_study(name, df, configs_from_spec(path), args.out, spec_path=path,
                               figures=not args.no_figures, tol=args.theory_tolerance,
-                              n_boot=args.n_boot, source=source, planned=planned)
+                              n_boot=args.n_boot, source=source, planned=planned,
+                              data_date=_data_date(df, store))
             print(f"{name}: {len(df)} fits from {source}; {len(res['files'])} files under "
                   f"{args.out}")
             if args.sweep:
@@ -513,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
                                  res["rates"].assign(label=name + "/" + res["rates"]["label"]),
                                  res["theory"].assign(label=name + "/" + res["theory"]["label"])))
         if args.sweep and combined and not args.no_figures:
+            from simstudy.reports.figures import metric_figure, save_figure
+
             sdf, srates, sth = (pd.concat([c[i] for c in combined], ignore_index=True)
                                 for i in range(3))
             for m in ("hellinger", "D2", "D1"):

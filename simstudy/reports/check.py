@@ -23,21 +23,13 @@ import datetime as _dt
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
+# numpy, pandas and the rate code load inside the functions: `simstudy check --help` is instant
+from simstudy.reports.defaults import DEFAULT_BOOT, DEFAULT_TOL
 
-from simstudy.reports.rates import DEFAULT_BOOT, DEFAULT_TOL, rate_table
-from simstudy.reports.tables import theory_text as _theory_text
-from simstudy.reports.verdicts import (
-    BOUND,
-    CONSISTENT,
-    INCONSISTENT,
-    NO_DATA,
-    PLATEAU,
-    RATE,
-    SHOWN,
-)
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "DEFAULT_DRIFT_TOL",
@@ -57,11 +49,15 @@ DEFAULT_DRIFT_TOL = 0.1
 DECIDED_METRICS = ("D1", "D2", "hellinger", "tv")
 
 _KEY = ("study", "label", "protocol", "metric")
-_GUARANTEED = (RATE, BOUND, PLATEAU)
+# the verdict names (simstudy.reports.verdicts), spelled here so that --help loads nothing heavy
+_GUARANTEED = ("rate", "bound", "plateau")
+CONSISTENT, SHOWN, INCONSISTENT, NO_DATA = "consistent", "shown", "inconsistent", "no data"
 
 
 def make_reference(rates: pd.DataFrame, spec_hash: str = "") -> dict:
     """A JSON-serialisable reference of the slopes and verdicts in a rate table."""
+    import numpy as np
+
     rows = []
     for r in rates.itertuples(index=False):
         if np.isfinite(r.slope):
@@ -100,6 +96,8 @@ def read_reference(path) -> dict:
 
 
 def _ci_text(lo, hi) -> str:
+    import numpy as np
+
     return f"[{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) and np.isfinite(hi) else "[none]"
 
 
@@ -110,6 +108,8 @@ def check_failures(rates: pd.DataFrame, reference: dict | None,
 
     Rows not in the reference do not fail on drift (they are new).
     """
+    import numpy as np
+
     if not (np.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"tolerance: must be finite and >= 0, got {tolerance}")
     fails = []
@@ -120,8 +120,8 @@ def check_failures(rates: pd.DataFrame, reference: dict | None,
             continue
         key = tuple(getattr(r, k) for k in _KEY)
         name = "/".join(map(str, key))
-        theory = (f"{r.expected:+.3f}" if r.kind == RATE else
-                  f"<= {r.expected:+.3f}" if r.kind == BOUND else "a plateau (0)")
+        theory = (f"{r.expected:+.3f}" if r.kind == "rate" else
+                  f"<= {r.expected:+.3f}" if r.kind == "bound" else "a plateau (0)")
         ci = _ci_text(r.ci95_low, r.ci95_high)
         before = ref_rows.get(key, {}).get("verdict")
         if r.verdict == INCONSISTENT:
@@ -156,6 +156,11 @@ def check_failures(rates: pd.DataFrame, reference: dict | None,
 
 def check_table(rates: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
     """The console table: rates beside their reference slopes."""
+    import numpy as np
+    import pandas as pd
+
+    from simstudy.reports.tables import theory_text as _theory_text
+
     ref = {}
     if reference is not None:
         ref = {tuple(r[k] for k in _KEY): r["slope"] for r in reference["rows"]}
@@ -178,7 +183,9 @@ def check_table(rates: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="simstudy check", description=__doc__.split("\n\n")[0])
+    # the help shows plain text, not the docstring's reStructuredText markup
+    p = argparse.ArgumentParser(prog="simstudy check",
+                                description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("spec", help="study spec TOML (e.g. studies/ci.toml)")
     p.add_argument("--reference", default="results/ci_reference.json",
                    help="committed reference slopes (default: %(default)s)")
@@ -192,13 +199,25 @@ def _parser() -> argparse.ArgumentParser:
                    help="bootstrap resamples per rate (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes for the study")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--store-dir", metavar="DIR", default=None,
+                   help="folder of the SQLite stores (default: results/store of the project "
+                        "the spec is in)")
+    p.add_argument("--force-new", action="store_true",
+                   help="start a new store when the stored rows no longer match the spec or "
+                        "were computed by other code (the old one is kept as a backup)")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="check rows computed by other code or library versions together")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``simstudy check``; returns the exit status."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    import numpy as np
+    import pandas as pd
+
     from simstudy.reports.configs import configs_from_spec
+    from simstudy.reports.rates import rate_table
     from simstudy.reports.theory import theory_table
 
     spec = Path(args.spec)
@@ -212,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         configs = configs_from_spec(spec)
         from simstudy.engine import load_results, run_study
 
-        run_study(spec, jobs=args.jobs, progress=not args.no_progress)
-        df = load_results(spec)
+        run_study(spec, jobs=args.jobs, progress=not args.no_progress,
+                  store_dir=args.store_dir, force_new=args.force_new,
+                  allow_mixed=args.allow_mixed)
+        df = load_results(spec, store_dir=args.store_dir)
         rates = rate_table(df, theory_table(list(configs.values())),
                            tol=args.theory_tolerance, n_boot=args.n_boot)
         spec_hash = str(df["spec_hash"].iloc[0]) if "spec_hash" in df and len(df) else ""

@@ -1,9 +1,9 @@
 """Fitted configurations of a study (truth, input law, k, K-bar, extra atoms), for the theory.
 
 The theory table is derived from these, never typed per study. They come from the study spec
-TOML (format in COMMON.md; ``extra_atoms`` are 1-based there) or, when only a tidy results table
-is at hand, from its columns (design name, true K, k, K) with the extra atoms inferred from the
-most common Voronoi cell sizes (``cell_size_j``) of the fits.
+TOML (format in docs/studies.md; ``extra_atoms`` are 1-based there) or, when only a tidy results
+table is at hand, from its columns (design name, true K, k, K) with the extra atoms inferred from
+the most common Voronoi cell sizes (``cell_size_j``) of the fits.
 """
 
 from __future__ import annotations

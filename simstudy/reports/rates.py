@@ -21,7 +21,7 @@ Which fits enter a rate (stated in every table):
   fits whose only flag is an empty expert (relabelled "empty_expert": their estimate and density
   are well defined, and at true K = 1 the never-selected expert is empty in every fit). Errors
   and the other degenerate fits (a variance at the floor, a non-finite value) are excluded and
-  counted;
+  counted, as are fits stopped by their time budget ("timeout");
 * for losses built on the Voronoi cells (D1, D2, per-parameter errors, cell masses) only fits
   whose **realised partition** equals the designed one: the same cell sizes |A_j| and the
   fitted reference atom in the reference cell. A fit whose extra atom left its cell is a
@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from simstudy.reports.defaults import DEFAULT_BOOT
 from simstudy.reports.quantreg import boot_rng, qr_line, stratified_indices
 from simstudy.reports.verdicts import (
     BOUND,
@@ -79,10 +80,7 @@ __all__ = [
 #: statuses whose fits enter the rate regressions (see the module docstring)
 INCLUDED_STATUSES = ("ok", "not_converged", "empty_expert")
 #: every status a rate table knows: the engine's, plus "empty_expert" (see the module docstring)
-KNOWN_STATUSES = ("ok", "not_converged", "empty_expert", "degenerate", "error")
-
-#: bootstrap resamples per rate
-DEFAULT_BOOT = 999
+KNOWN_STATUSES = ("ok", "not_converged", "empty_expert", "degenerate", "error", "timeout")
 
 #: metric columns of the tidy table that get a rate
 METRIC_PATTERN = re.compile(r"^(D1|D2|hellinger|tv|err_(beta1|a|b|v)_\d+|mass_\d+)$")

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from simstudy.reports.defaults import DEFAULT_TOL
+
 __all__ = [
     "RATE", "BOUND", "PLATEAU", "NONE", "FIXED", "KINDS",
     "CONSISTENT", "SHOWN", "INCONSISTENT", "INCONCLUSIVE", "NO_GUARANTEE", "FIXED_VERDICT",
@@ -50,8 +52,6 @@ NO_DATA = "no data"
 #: verdicts that decide a guaranteed rate
 DECIDED = (CONSISTENT, SHOWN, INCONSISTENT)
 
-#: tolerance on the exponent
-DEFAULT_TOL = 0.1
 #: fewest distinct sample sizes for a decided verdict
 MIN_LEVELS = 4
 #: fewest usable replications at the median sample size for a decided verdict
