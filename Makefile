@@ -25,7 +25,8 @@ help:
 	@echo "make mutate        mutation testing (cosmic-ray) of the modules that decide results,"
 	@echo "                   each against its fast tests; not in CI, minutes per module."
 	@echo "                   MODULE=engine/seeds.py: one module (path under simstudy/);"
-	@echo "                   FRESH=1: ignore the cache. See docs/testing.md"
+	@echo "                   FRESH=1: ignore the cache; MUTATE_JOBS=2: two modules at once."
+	@echo "                   See docs/testing.md"
 	@echo "make clean         remove .venv and caches"
 
 
@@ -80,7 +81,8 @@ coverage: install
 
 # mutation testing (docs/testing.md): reruns only mutants whose code or tests changed
 mutate: install
-	nice -n 10 $(PY) -m mutation.run $(if $(MODULE),--module $(MODULE)) $(if $(FRESH),--fresh)
+	nice -n 10 $(PY) -m mutation.run $(if $(MODULE),--module $(MODULE)) $(if $(FRESH),--fresh) \
+		$(if $(MUTATE_JOBS),--jobs $(MUTATE_JOBS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mutate

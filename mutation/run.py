@@ -6,20 +6,21 @@ Usage::
     python -m mutation.run --module engine/seeds.py # one module (path under simstudy/)
     python -m mutation.run --fresh                  # forget the cache, rerun every mutant
     python -m mutation.run --list                   # modules, test files, mutant counts
+    python -m mutation.run --jobs 2                 # two modules side by side
 
 How it works (docs/testing.md says how to read the output):
 
 * The working tree's files (tracked and untracked, not ignored) are copied to
-  ``.mutate/tree``; cosmic-ray rewrites a module there, one mutant at a time, and runs the
-  module's test files (``mutation/modules.toml``) in a fresh process; any failure or a timeout
-  kills the mutant. Your own tree is never modified.
+  ``.mutate/trees/<module>``; cosmic-ray rewrites the module there, one mutant at a time, and
+  runs the module's test files (``mutation/modules.toml``) in a fresh process; any failure or
+  a timeout kills the mutant. Your own tree is never modified.
 * The unmutated tests run first (the baseline): they must pass, and their time sets the timeout.
 * Results are cached in ``.mutate/cache/``, keyed by the text of the function (or top-level
   statement) that holds the mutant, the operator and its occurrence inside that text. A
   killed mutant is reused while its function is unchanged; a surviving one is rerun whenever a
   test file changes. So a rerun after editing one function, or after adding a test, runs only
-  the mutants that can have changed outcome. ``--fresh`` reruns everything (do it before
-  resolving an issue).
+  the mutants that can have changed outcome. An interrupted run keeps what it finished.
+  ``--fresh`` reruns everything (do it before resolving an issue).
 * Mutants left out: operators excluded in the config, lines marked ``# pragma: no mutate``,
   and the equivalent mutants listed with their reason in ``mutation/equivalent.toml``.
 
@@ -46,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "mutation" / "modules.toml"
 EQUIVALENT = ROOT / "mutation" / "equivalent.toml"
 WORK = ROOT / ".mutate"
-TREE = WORK / "tree"
+TREES = WORK / "trees"
 CACHE = WORK / "cache"
 PRAGMA = re.compile(r"#.*pragma:.*no mutate")
 
@@ -114,30 +115,31 @@ def load_equivalents() -> list[Equivalent]:
 
 
 # -- the copy of the tree ------------------------------------------------------------------------
-def sync_tree() -> None:
-    """Mirror the tracked and untracked (not ignored) files into .mutate/tree."""
+def sync_tree(tree: Path) -> None:
+    """Mirror the tracked and untracked (not ignored) files into ``tree`` (one per module, so
+    modules can run side by side; numba caches under __pycache__ stay)."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
                             check=True, capture_output=True).stdout.decode().split("\0")
     files = {f for f in listed if f and (ROOT / f).is_file()}
-    TREE.mkdir(parents=True, exist_ok=True)
+    tree.mkdir(parents=True, exist_ok=True)
     for f in files:
-        src, dst = ROOT / f, TREE / f
+        src, dst = ROOT / f, tree / f
         data = src.read_bytes()
         if not dst.exists() or dst.read_bytes() != data:
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes(data)
-    for p in TREE.rglob("*"):  # files gone from the tree (caches under __pycache__ stay)
-        rel = p.relative_to(TREE).as_posix()
+    for p in tree.rglob("*"):  # files gone from the tree (caches under __pycache__ stay)
+        rel = p.relative_to(tree).as_posix()
         if p.is_file() and "__pycache__" not in p.parts and rel not in files:
             p.unlink()
 
 
-def tests_hash(tests: list[str]) -> str:
+def tests_hash(tree: Path, tests: list[str]) -> str:
     """Hash of every test file and helper (any change may kill a survivor)."""
     h = hashlib.sha256()
-    for p in sorted((TREE / "tests").rglob("*")):
+    for p in sorted((tree / "tests").rglob("*")):
         if p.is_file() and "__pycache__" not in p.parts:
-            h.update(p.relative_to(TREE).as_posix().encode() + b"\0" + p.read_bytes())
+            h.update(p.relative_to(tree).as_posix().encode() + b"\0" + p.read_bytes())
     h.update(json.dumps(tests).encode())
     return h.hexdigest()[:16]
 
@@ -176,10 +178,10 @@ def segment_of(segs, line: int) -> tuple[int, int, str]:
 
 
 # -- one module ----------------------------------------------------------------------------------
-def _cosmic(*args, env=None, check=True):
+def _cosmic(tree, *args, env=None, check=True):
     exe = Path(sys.executable).with_name("cosmic-ray")
     cmd = [str(exe) if exe.exists() else "cosmic-ray", *args]
-    return subprocess.run(cmd, cwd=TREE, env=env, check=check)
+    return subprocess.run(cmd, cwd=tree, env=env, check=check, stdout=subprocess.DEVNULL)
 
 
 def test_command(cfg: ModuleConfig, tests: list[str]) -> str:
@@ -188,18 +190,95 @@ def test_command(cfg: ModuleConfig, tests: list[str]) -> str:
     return shlex.join([sys.executable, "-m", "pytest", *cfg.pytest_args, *tests])
 
 
+def _keys(cfg: ModuleConfig, items, source: str) -> dict:
+    """Cache key of every work item: module, operator, the text of the function (or top-level
+    statement) holding the mutant, and the mutant's rank among that operator's in that text."""
+    segs = segments(source)
+    lines = source.splitlines()
+    out, rank = {}, {}
+    for item in sorted(items, key=lambda w: (w.mutations[0].operator_name,
+                                             w.mutations[0].occurrence)):
+        mut = item.mutations[0]
+        line_no = mut.start_pos[0]
+        seg = segment_of(segs, line_no)
+        r = rank.setdefault((mut.operator_name, seg[0], seg[2]), [0])
+        key = hashlib.sha256("\0".join(
+            [cfg.name, mut.operator_name, str(r[0]), seg[2]]).encode()).hexdigest()[:24]
+        r[0] += 1
+        text = lines[line_no - 1].strip() if line_no <= len(lines) else ""
+        end = lines[mut.end_pos[0] - 1] if mut.end_pos[0] <= len(lines) else ""
+        out[item.job_id] = (key, mut.operator_name, line_no, text, end)
+    return out
+
+
+def _outcome(result) -> str | None:
+    """"killed", "survived", "incompetent" or None (skipped, not run)."""
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    if result.worker_outcome == WorkerOutcome.SKIPPED:
+        return None
+    if result.worker_outcome != WorkerOutcome.NORMAL or result.test_outcome is None:
+        return "incompetent"
+    return {TestOutcome.KILLED: "killed", TestOutcome.SURVIVED: "survived"}.get(
+        result.test_outcome, "incompetent")
+
+
+def harvest(cfg: ModuleConfig, tree: Path, cache: dict, tests: list[str]) -> int:
+    """Move the results of a previous (possibly interrupted) session into the cache, keyed on
+    the module text that session mutated (the tree is not synced yet)."""
+    from cosmic_ray.work_db import WorkDB, use_db
+
+    session = WORK / f"{cfg.slug}.sqlite"
+    module = tree / cfg.path
+    if not session.exists() or not module.exists():
+        return 0
+    thash = tests_hash(tree, tests)
+    n = 0
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        done = list(db.completed_work_items)
+        keys = _keys(cfg, [w for w, _ in done], module.read_text())
+        for item, result in done:
+            outcome = _outcome(result)
+            if outcome not in ("killed", "survived") or result.output == "cached":
+                continue
+            key = keys[item.job_id][0]
+            cache[key] = ({"outcome": "killed"} if outcome == "killed" else
+                          {"outcome": "survived", "tests": thash, "diff": result.diff or ""})
+            n += 1
+    return n
+
+
 def run_module(cfg: ModuleConfig, equivalents: list[Equivalent], fresh: bool,
-               list_only: bool = False) -> dict:
+               list_only: bool = False, log=print) -> dict:
+    import fcntl
+
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
-    tests = [t for t in cfg.tests if (TREE / t).exists()]
+    WORK.mkdir(parents=True, exist_ok=True)
+    lock = open(WORK / f"{cfg.slug}.lock", "w")  # noqa: SIM115 (held for the whole run)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise UsageError(f"{cfg.name}: another mutation run of this module is going on") from None
+    tree = TREES / cfg.slug
+    cache_file = CACHE / f"{cfg.slug}.json"
+    cache = {} if fresh or not cache_file.exists() else json.loads(cache_file.read_text())
+    if not fresh:
+        n = harvest(cfg, tree, cache, [t for t in cfg.tests if (tree / t).exists()])
+        if n:
+            log(f"  kept {n} results of the previous session")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    cache_file.write_text(json.dumps(cache, indent=0, sort_keys=True))
+    sync_tree(tree)
+
+    tests = [t for t in cfg.tests if (tree / t).exists()]
     for t in cfg.tests:
         if t not in tests:
-            print(f"  note: {t} (listed for {cfg.name}) does not exist; not run", flush=True)
+            log(f"  note: {t} (listed for {cfg.name}) does not exist; not run")
     if not tests:
         raise UsageError(f"{cfg.name}: none of its test files exists")
-    if not (TREE / cfg.path).exists():
+    if not (tree / cfg.path).exists():
         raise UsageError(f"{cfg.name}: no such module {cfg.path}")
     env = {**os.environ, **cfg.env, "PYTHONDONTWRITEBYTECODE": "1"}
     command = test_command(cfg, tests)
@@ -209,7 +288,7 @@ def run_module(cfg: ModuleConfig, equivalents: list[Equivalent], fresh: bool,
     timeout = cfg.timeout_min
     if not list_only:
         t0 = time.perf_counter()
-        base = subprocess.run(command, shell=True, cwd=TREE, env=env, capture_output=True,
+        base = subprocess.run(command, shell=True, cwd=tree, env=env, capture_output=True,
                               text=True)
         elapsed = time.perf_counter() - t0
         if base.returncode != 0:
@@ -217,8 +296,7 @@ def run_module(cfg: ModuleConfig, equivalents: list[Equivalent], fresh: bool,
             raise UsageError(f"{cfg.name}: the unmutated tests fail (fix them first): "
                              + " | ".join(tail))
         timeout = max(cfg.timeout_min, cfg.timeout_factor * elapsed)
-        print(f"  baseline {elapsed:.1f} s ({', '.join(tests)}); timeout {timeout:.0f} s",
-              flush=True)
+        log(f"  baseline {elapsed:.1f} s ({', '.join(tests)}); timeout {timeout:.0f} s")
     conf.write_text(
         "[cosmic-ray]\n"
         f"module-path = {json.dumps(cfg.path)}\n"
@@ -228,42 +306,25 @@ def run_module(cfg: ModuleConfig, equivalents: list[Equivalent], fresh: bool,
         "[cosmic-ray.distributor]\nname = \"local\"\n"
     )
     session.unlink(missing_ok=True)
-    _cosmic("init", str(conf), str(session), env=env)
+    _cosmic(tree, "init", str(conf), str(session), env=env)
 
-    source = (TREE / cfg.path).read_text()
-    lines = source.splitlines()
-    segs = segments(source)
-    cache_file = CACHE / f"{cfg.slug}.json"
-    cache = {} if fresh or not cache_file.exists() else json.loads(cache_file.read_text())
-    thash = tests_hash(tests)
-
-    keys, info = {}, {}
+    thash = tests_hash(tree, tests)
     counts = {"excluded": 0, "pragma": 0, "equivalent": 0, "cached": 0}
     with use_db(str(session), WorkDB.Mode.open) as db:
-        items = sorted(db.work_items, key=lambda w: (w.mutations[0].operator_name,
-                                                     w.mutations[0].occurrence))
-        rank: dict = {}
+        items = list(db.work_items)
+        info = _keys(cfg, items, (tree / cfg.path).read_text())
         for item in items:
-            mut = item.mutations[0]
-            line_no = mut.start_pos[0]
-            seg = segment_of(segs, line_no)
-            r = rank.setdefault((mut.operator_name, seg[0], seg[2]), [0])
-            key = hashlib.sha256("\0".join(
-                [cfg.name, mut.operator_name, str(r[0]), seg[2]]).encode()).hexdigest()[:24]
-            r[0] += 1
-            text = lines[line_no - 1].strip() if line_no <= len(lines) else ""
-            keys[item.job_id] = key
-            info[item.job_id] = (mut.operator_name, line_no, text)
+            key, op, _line_no, text, end = info[item.job_id]
             skip = None
-            if any(p.search(mut.operator_name) for p in cfg.exclude):
-                skip, counts_key = "excluded", "excluded"
-            elif PRAGMA.search(lines[mut.end_pos[0] - 1] if mut.end_pos[0] <= len(lines) else ""):
-                skip, counts_key = "pragma", "pragma"
-            elif any(e.module == cfg.name and e.operator == mut.operator_name and e.line == text
+            if any(p.search(op) for p in cfg.exclude):
+                skip = "excluded"
+            elif PRAGMA.search(end):
+                skip = "pragma"
+            elif any(e.module == cfg.name and e.operator == op and e.line == text
                      for e in equivalents):
-                skip, counts_key = "equivalent", "equivalent"
+                skip = "equivalent"
             if skip:
-                counts[counts_key] += 1
+                counts[skip] += 1
                 db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED,
                                                       output=skip))
                 continue
@@ -275,28 +336,26 @@ def run_module(cfg: ModuleConfig, equivalents: list[Equivalent], fresh: bool,
                     test_outcome=hit["outcome"], diff=hit.get("diff", "")))
         pending = db.num_work_items - db.num_results
         total = db.num_work_items
-    print(f"  {total} mutants: {counts['excluded']} excluded operators, {counts['pragma']} "
-          f"'pragma: no mutate', {counts['equivalent']} listed equivalent, {counts['cached']} "
-          f"cached; {pending} to run", flush=True)
+    log(f"  {total} mutants: {counts['excluded']} excluded operators, {counts['pragma']} "
+        f"'pragma: no mutate', {counts['equivalent']} listed equivalent, {counts['cached']} "
+        f"cached; {pending} to run")
     if list_only:
         return {"module": cfg.name, "total": total, "pending": pending, **counts}
 
     if pending:
-        _cosmic("exec", str(conf), str(session), env=env)
+        _cosmic(tree, "exec", str(conf), str(session), env=env)
 
     summary = {"module": cfg.name, "total": total, **counts, "killed": 0, "survived": 0,
                "incompetent": 0, "survivors": []}
     with use_db(str(session), WorkDB.Mode.open) as db:
         for item, result in db.completed_work_items:
-            if result.worker_outcome == WorkerOutcome.SKIPPED:
+            outcome = _outcome(result)
+            if outcome is None:
                 continue
-            outcome = str(result.test_outcome.value if hasattr(result.test_outcome, "value")
-                          else result.test_outcome)
-            if result.worker_outcome != WorkerOutcome.NORMAL or outcome == "incompetent":
+            if outcome == "incompetent":
                 summary["incompetent"] += 1
                 continue
-            key = keys[item.job_id]
-            op, line_no, text = info[item.job_id]
+            key, op, line_no, text, _ = info[item.job_id]
             if outcome == "killed":
                 summary["killed"] += 1
                 cache[key] = {"outcome": "killed"}
@@ -305,7 +364,6 @@ def run_module(cfg: ModuleConfig, equivalents: list[Equivalent], fresh: bool,
                 cache[key] = {"outcome": "survived", "tests": thash, "diff": result.diff or ""}
                 summary["survivors"].append({"line": line_no, "operator": op, "code": text,
                                              "diff": result.diff or ""})
-    CACHE.mkdir(parents=True, exist_ok=True)
     cache_file.write_text(json.dumps(cache, indent=0, sort_keys=True))
     scored = summary["killed"] + summary["survived"]
     summary["kill_rate"] = summary["killed"] / scored if scored else float("nan")
@@ -341,6 +399,26 @@ def print_summary(rows: list[dict]) -> None:
     print(f"\nreports: {WORK.relative_to(ROOT)}/<module>.report.md (diff of every survivor)")
 
 
+def run_all(cfgs, equivalents, fresh, list_only, jobs) -> list[dict]:
+    """Run the modules, ``jobs`` at a time; lines are prefixed by the module when parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if jobs < 1:
+        raise UsageError(f"--jobs: must be >= 1, got {jobs}")
+
+    def one(cfg):
+        def log(msg):
+            print(msg if jobs == 1 else f"[{cfg.name}] {msg.strip()}", flush=True)
+
+        log(f"{cfg.name}:")
+        return run_module(cfg, equivalents, fresh, list_only, log)
+
+    if jobs == 1:
+        return [one(c) for c in cfgs]
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(one, cfgs))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mutation.run", description=__doc__.split(
         "\n")[0])
@@ -348,6 +426,8 @@ def main(argv=None) -> int:
                         help="path under simstudy/ (repeatable); default: every module")
     parser.add_argument("--fresh", action="store_true", help="ignore the cache")
     parser.add_argument("--list", action="store_true", help="count mutants, run nothing")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="modules mutated side by side (each in its own tree)")
     args = parser.parse_args(argv)
     try:
         config = load_config()
@@ -359,11 +439,8 @@ def main(argv=None) -> int:
         equivalents = load_equivalents()
         if shutil.which("git") is None:
             raise UsageError("git is needed to list the files of the tree")
-        sync_tree()
-        rows = []
-        for name in names:
-            print(f"{name}:", flush=True)
-            rows.append(run_module(config[name], equivalents, args.fresh, args.list))
+        rows = run_all([config[n] for n in names], equivalents, args.fresh, args.list,
+                       args.jobs)
     except UsageError as exc:
         print(f"mutate: {exc}", file=sys.stderr)
         return 2
