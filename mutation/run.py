@@ -96,9 +96,10 @@ def load_config() -> dict[str, ModuleConfig]:
 @dataclass(frozen=True)
 class Equivalent:
     module: str
-    operator: str
     line: str  # the stripped source line holding the mutant
+    mutant: str  # the same line, stripped, as the mutant has it
     reason: str
+    operator: str | None = None  # optional: only that operator
 
 
 def load_equivalents() -> list[Equivalent]:
@@ -107,11 +108,26 @@ def load_equivalents() -> list[Equivalent]:
     raw = tomllib.loads(EQUIVALENT.read_text())
     out = []
     for i, e in enumerate(raw.get("mutant", [])):
-        missing = [k for k in ("module", "operator", "line", "reason") if not e.get(k)]
+        missing = [k for k in ("module", "line", "mutant", "reason") if not e.get(k)]
         if missing:
             raise UsageError(f"{EQUIVALENT.name}: mutant[{i}] lacks {', '.join(missing)}")
-        out.append(Equivalent(e["module"], e["operator"], e["line"].strip(), e["reason"]))
+        out.append(Equivalent(e["module"], e["line"].strip(), e["mutant"].strip(), e["reason"],
+                              e.get("operator")))
     return out
+
+
+def mutated_line(source: str, mutation) -> str:
+    """The stripped line holding the mutant, as the mutant has it."""
+    import cosmic_ray.plugins
+    from cosmic_ray.mutating import mutate_code
+
+    op = cosmic_ray.plugins.get_operator(mutation.operator_name)()
+    code = mutate_code(source, op, mutation.occurrence)
+    if code is None:
+        return ""
+    lines = code.splitlines()
+    i = mutation.start_pos[0] - 1
+    return lines[i].strip() if i < len(lines) else ""
 
 
 # -- the copy of the tree ------------------------------------------------------------------------
@@ -229,14 +245,16 @@ def harvest(cfg: ModuleConfig, tree: Path, cache: dict, tests: list[str]) -> int
     from cosmic_ray.work_db import WorkDB, use_db
 
     session = WORK / f"{cfg.slug}.sqlite"
-    module = tree / cfg.path
-    if not session.exists() or not module.exists():
+    # the module as it was when that session started (the tree's copy may hold a mutant left
+    # by a killed run; the sync that follows restores it)
+    snapshot = WORK / f"{cfg.slug}.source"
+    if not session.exists() or not snapshot.exists():
         return 0
     thash = tests_hash(tree, tests)
     n = 0
     with use_db(str(session), WorkDB.Mode.open) as db:
         done = list(db.completed_work_items)
-        keys = _keys(cfg, [w for w, _ in done], module.read_text())
+        keys = _keys(cfg, [w for w, _ in done], snapshot.read_text())
         for item, result in done:
             outcome = _outcome(result)
             if outcome not in ("killed", "survived") or result.output == "cached":
@@ -307,12 +325,16 @@ def run_module(cfg: ModuleConfig, equivalents: list[Equivalent], fresh: bool,
     )
     session.unlink(missing_ok=True)
     _cosmic(tree, "init", str(conf), str(session), env=env)
+    (WORK / f"{cfg.slug}.source").write_text((tree / cfg.path).read_text())
 
     thash = tests_hash(tree, tests)
     counts = {"excluded": 0, "pragma": 0, "equivalent": 0, "cached": 0}
     with use_db(str(session), WorkDB.Mode.open) as db:
         items = list(db.work_items)
-        info = _keys(cfg, items, (tree / cfg.path).read_text())
+        source = (tree / cfg.path).read_text()
+        info = _keys(cfg, items, source)
+        mine = [e for e in equivalents if e.module == cfg.name]
+        matched = set()
         for item in items:
             key, op, _line_no, text, end = info[item.job_id]
             skip = None
@@ -320,9 +342,12 @@ def run_module(cfg: ModuleConfig, equivalents: list[Equivalent], fresh: bool,
                 skip = "excluded"
             elif PRAGMA.search(end):
                 skip = "pragma"
-            elif any(e.module == cfg.name and e.operator == op and e.line == text
-                     for e in equivalents):
-                skip = "equivalent"
+            elif any(e.line == text and e.operator in (None, op) for e in mine):
+                after = mutated_line(source, item.mutations[0])
+                for e in mine:
+                    if e.line == text and e.operator in (None, op) and e.mutant == after:
+                        skip = "equivalent"
+                        matched.add(e)
             if skip:
                 counts[skip] += 1
                 db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED,
@@ -336,6 +361,10 @@ def run_module(cfg: ModuleConfig, equivalents: list[Equivalent], fresh: bool,
                     test_outcome=hit["outcome"], diff=hit.get("diff", "")))
         pending = db.num_work_items - db.num_results
         total = db.num_work_items
+    for e in mine:
+        if e not in matched:
+            log(f"  note: equivalent.toml entry matches no mutant (re-judge it): {e.line!r} -> "
+                f"{e.mutant!r}")
     log(f"  {total} mutants: {counts['excluded']} excluded operators, {counts['pragma']} "
         f"'pragma: no mutate', {counts['equivalent']} listed equivalent, {counts['cached']} "
         f"cached; {pending} to run")
