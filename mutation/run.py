@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import hashlib
 import json
 import os
@@ -65,6 +66,7 @@ class ModuleConfig:
     env: dict = field(default_factory=dict)
     timeout_factor: float = 4.0
     timeout_min: float = 30.0
+    fork_server: bool = True
 
     @property
     def path(self) -> str:
@@ -89,6 +91,7 @@ def load_config() -> dict[str, ModuleConfig]:
             env={k: str(v) for k, v in m.get("env", {}).items()},
             timeout_factor=float(m.get("timeout_factor", d.get("timeout_factor", 4.0))),
             timeout_min=float(m.get("timeout_min", d.get("timeout_min", 30.0))),
+            fork_server=bool(m.get("fork_server", d.get("fork_server", True))),
         )
     return out
 
@@ -200,10 +203,38 @@ def _cosmic(tree, *args, env=None, check=True):
     return subprocess.run(cmd, cwd=tree, env=env, check=check, stdout=subprocess.DEVNULL)
 
 
-def test_command(cfg: ModuleConfig, tests: list[str]) -> str:
+def test_command(cfg: ModuleConfig, tests: list[str], server: Path | None = None,
+                 timeout: float = 0.0) -> str:
+    """The mutant's test command: pytest in a fresh process, or a request to the fork server
+    (which then stops a run at 0.9 timeout, before cosmic-ray's own timeout)."""
     import shlex
 
-    return shlex.join([sys.executable, "-m", "pytest", *cfg.pytest_args, *tests])
+    args = [*cfg.pytest_args, *tests]
+    if server is None:
+        return shlex.join([sys.executable, "-m", "pytest", *args])
+    client = ROOT / "mutation" / "forkclient.py"
+    log = WORK / f"{cfg.slug}.last.log"
+    return shlex.join([sys.executable, "-S", str(client), str(server), f"{0.9 * timeout:.1f}",
+                       str(log), "--", *args])
+
+
+@contextlib.contextmanager
+def fork_server(tree: Path, env: dict, sock: Path):
+    """Run a fork server in ``tree``, listening on ``sock``, for the duration of the block."""
+    from mutation.forkserver import request
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "mutation" / "forkserver.py"),
+                             str(sock)], cwd=tree, env=env)
+    try:
+        yield sock
+    finally:
+        with contextlib.suppress(Exception):
+            request(str(sock), {"stop": True}, connect_timeout=5)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _keys(cfg: ModuleConfig, items, source: str) -> dict:
@@ -315,6 +346,9 @@ def run_module(cfg: ModuleConfig, equivalents: list[Equivalent], fresh: bool,
                              + " | ".join(tail))
         timeout = max(cfg.timeout_min, cfg.timeout_factor * elapsed)
         log(f"  baseline {elapsed:.1f} s ({', '.join(tests)}); timeout {timeout:.0f} s")
+    sock = Path("/tmp") / f"simstudy-mutate-{os.getpid()}-{cfg.slug}.sock"
+    if cfg.fork_server:
+        command = test_command(cfg, tests, sock, timeout)
     conf.write_text(
         "[cosmic-ray]\n"
         f"module-path = {json.dumps(cfg.path)}\n"
@@ -371,7 +405,17 @@ def run_module(cfg: ModuleConfig, equivalents: list[Equivalent], fresh: bool,
     if list_only:
         return {"module": cfg.name, "total": total, "pending": pending, **counts}
 
-    if pending:
+    if pending and cfg.fork_server:
+        with fork_server(tree, env, sock):
+            # the unmutated tests must pass under the server too, or every mutant would die
+            base = subprocess.run(command, shell=True, cwd=tree, env=env, capture_output=True,
+                                  text=True)
+            if base.returncode != 0:
+                raise UsageError(f"{cfg.name}: the unmutated tests fail under the fork server "
+                                 "(set fork_server = false for this module): "
+                                 + " | ".join(base.stdout.strip().splitlines()[-3:]))
+            _cosmic(tree, "exec", str(conf), str(session), env=env)
+    elif pending:
         _cosmic(tree, "exec", str(conf), str(session), env=env)
 
     summary = {"module": cfg.name, "total": total, **counts, "killed": 0, "survived": 0,
