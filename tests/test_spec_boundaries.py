@@ -153,3 +153,45 @@ def test_parsed_spec_objects_are_immutable(tmp_path):
                       (spec.conditions()[0], "n"), (spec.tasks()[0], "rep")):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(obj, name, 0)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "needles"),
+    [
+        ('name = "{name}"', 'name = "zzz"', ["key 'study.name'", "file stem 'study1'"]),
+        ("k = 4\nK = 3\nextra_atoms = [1]", "k = 5\nK = 3\nextra_atoms = [1]",
+         ["key 'fit[1].extra_atoms'", "k = 5 must equal k* + len(extra_atoms) = 3 + 1"]),
+    ],
+)
+def test_more_refusals(tmp_path, old, new, needles):
+    err = spec_error(tmp_path, BASE.replace(old, new, 1))
+    for needle in needles:
+        assert needle in str(err), (needle, str(err))
+
+
+def test_fit_must_be_a_non_empty_array_of_tables(tmp_path):
+    head = BASE[:BASE.index("[[fit]]")]
+    for fits in ("fit = []\n", "fit = 3\n"):
+        # a top-level key must come before the first table
+        err = spec_error(tmp_path, fits + head)
+        assert "key 'fit'" in str(err) and "at least one" in str(err), str(err)
+
+
+def test_condition_settings_are_the_fit_settings(tmp_path):
+    """The protocol settings recorded in a condition (and hashed into its id) are the ones its
+    fit gets: e.g. the papers protocol's single start for an exact fit (k = k*), five starts
+    for an over-specified one."""
+    from simstudy.engine.task import fit_options
+
+    text = BASE.replace('protocols = ["strict"]', 'protocols = ["papers", "strict"]')
+    spec = load_spec(write(tmp_path, text))
+    for cond in spec.conditions():
+        opts = fit_options(spec.make_task(cond, 0))
+        recorded = cond.content["protocol_settings"]
+        for key in ("tol", "grad_tol", "acceleration", "noise_schedule"):
+            assert recorded[key] == opts[key] or key in spec.em, (cond.label, key)
+        if cond.fit.n_init is None:
+            assert recorded["n_init"] == opts["n_init"], cond.label
+    papers = {c.label: c.content["protocol_settings"]["n_init"] for c in spec.conditions()
+              if c.protocol == "papers"}
+    assert papers == {"exact": 1, "over": 5}
