@@ -285,7 +285,8 @@ def harvest(cfg: ModuleConfig, tree: Path, cache: dict, tests: list[str]) -> int
     n = 0
     with use_db(str(session), WorkDB.Mode.open) as db:
         done = list(db.completed_work_items)
-        keys = _keys(cfg, [w for w, _ in done], snapshot.read_text())
+        # ranks inside a function count every mutant of the session, run or not
+        keys = _keys(cfg, list(db.work_items), snapshot.read_text())
         for item, result in done:
             outcome = _outcome(result)
             if outcome not in ("killed", "survived") or result.output == "cached":
