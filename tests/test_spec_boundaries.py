@@ -195,3 +195,49 @@ def test_condition_settings_are_the_fit_settings(tmp_path):
     papers = {c.label: c.content["protocol_settings"]["n_init"] for c in spec.conditions()
               if c.protocol == "papers"}
     assert papers == {"exact": 1, "over": 5}
+
+
+ONE_EXPERT = INLINE.replace("beta0 = [0.0, 1.0]", "beta0 = [0.0]").replace(
+    "beta1 = [[0.0], [2.0]]", "beta1 = [[0.0]]").replace("a = [[1.0], [-1.0]]", "a = [[1.0]]"
+    ).replace("b = [0.0, 1.0]", "b = [0.0]").replace("v = [0.5, 0.5]", "v = [0.5]").replace(
+    "K = 2\nref = 0", "K = 1\nref = 0").replace("k = 2\nK = 2", "k = 1\nK = 1")
+
+
+def test_a_single_expert_fit_is_allowed(tmp_path):
+    spec = load_spec(write(tmp_path, ONE_EXPERT))
+    assert spec.design.params.k == 1 and spec.fits[0].k == 1 and spec.fits[0].K == 1
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "needles"),
+    [
+        ("high = 1.0\n", "", ["key 'design.inputs.high'", "missing required key"]),
+        ("d = 1\nlow", "d = 2\nlow", ["key 'design.inputs.d'", "d=2"]),
+        ('protocols = ["strict"]', 'protocols = ["strict", 1]',
+         ["key 'fit[0].protocols'", "array of strings"]),
+    ],
+)
+def test_inline_refusals(tmp_path, old, new, needles):
+    err = spec_error(tmp_path, INLINE.replace(old, new, 1))
+    for needle in needles:
+        assert needle in str(err), (needle, str(err))
+
+
+def test_inputs_of_lower_dimension_than_the_parameters_are_refused(tmp_path):
+    two_d = INLINE.replace("beta1 = [[0.0], [2.0]]", "beta1 = [[0.0, 0.0], [2.0, 1.0]]").replace(
+        "a = [[1.0], [-1.0]]", "a = [[1.0, 0.0], [-1.0, 0.0]]")
+    err = spec_error(tmp_path, two_d)
+    assert "key 'design.inputs.d'" in str(err) and "d=2" in str(err), str(err)
+
+
+def test_max_is_required_and_canonical_json_is_canonical(tmp_path):
+    from simstudy.engine.spec import canonical_json
+
+    err = spec_error(tmp_path, BASE.replace("values = [100, 300]", "min = 10\nnum = 2"))
+    assert "key 'n_grid.max'" in str(err) and "missing required key" in str(err)
+    assert canonical_json({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
+    with pytest.raises(ValueError):
+        canonical_json({"x": float("nan")})
+    spec = load_spec(write(tmp_path, BASE))
+    t = spec.tasks()[3]
+    assert t.key == (t.condition_id, t.rep)

@@ -14,6 +14,7 @@ from simstudy.reports.theory import (
     FitConfig,
     ever_selected,
     expectations,
+    kbar_requirement,
     rbar,
     selection_regions,
 )
@@ -111,3 +112,28 @@ def test_reasons_of_refusals_name_the_experts():
 def test_expectation_guarantee_flag():
     for kind, flag in (("rate", True), ("bound", True), ("none", False), ("fixed", False)):
         assert Expectation("m", kind, -0.5, "r").has_guarantee is flag
+
+
+@pytest.mark.parametrize(
+    ("kw", "msg"),
+    [
+        (dict(k=3.5, K=2), "^k: the fitted k must be an integer"),
+        (dict(k=4, K=3, extra_atoms=(0, 2)), "^extra_atoms: need k - k. = 1 entries"),
+        (dict(k=4, K=3, extra_atoms=(5,)), r"^extra_atoms: true expert indices must lie in"),
+        (dict(k=4, K=3, extra_atoms=(-1,)), r"^extra_atoms: true expert indices must lie in"),
+    ],
+)
+def test_fit_config_refusals(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        FitConfig("x", T.params, T.inputs, **kw)
+
+
+def test_small_validations():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Expectation("m", "rate", -0.5, "r").kind = "none"
+    with pytest.raises(ValueError, match="m: the input sample size must be an integer >= 16"):
+        selection_regions(T.params, T.inputs, m=16.5)
+    assert kbar_requirement([2, 1, 1], 1) == 2
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="K: the true K must satisfy 1 <= K <= k. = 3"):
+            kbar_requirement([2, 1, 1], bad)
