@@ -1,10 +1,12 @@
-"""Loss inputs are validated in every direction (found by mutation testing: each check was
-tested from one side only)."""
+"""Loss inputs are validated in every direction, and the Voronoi loss's notes and per-cell
+terms hold on odd fits (found by mutation testing: each check was tested from one side only)."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 
-from simstudy.losses import compute_metrics, rbar, voronoi_cells
+from simstudy.losses import compute_metrics, rbar, sum_of_k_largest, voronoi_cells, voronoi_losses
 from simstudy.model import MoEParams, UniformBox, get_design
 
 T = get_design("T")
@@ -27,6 +29,8 @@ def test_input_law_dimension_must_match_the_truth():
         (np.zeros((2, 3)), np.zeros(3), "^true_atoms: expected a non-empty"),
         (np.zeros((2, 3)), np.zeros((2, 3, 1)), "^true_atoms: expected a non-empty"),
         (np.zeros((2, 3)), np.zeros((0, 3)), "^true_atoms: expected a non-empty"),
+        (np.zeros((2, 4)), np.zeros((2, 3)),
+         "^fitted_atoms: has 4 coordinates per atom, true_atoms has 3$"),
     ],
 )
 def test_voronoi_cells_refuse_malformed_atoms(fitted, true, msg):
@@ -38,3 +42,59 @@ def test_voronoi_cells_refuse_malformed_atoms(fitted, true, msg):
 def test_rbar_refuses_non_integers_and_booleans(bad):
     with pytest.raises(ValueError, match="^m: the number of atoms in a cell"):
         rbar(bad)
+
+
+def test_fit_and_truth_dimensions_must_match_both_ways():
+    t2 = MoEParams(beta0=[0.0], beta1=[[0.0, 0.0]], a=[[1.0, 1.0]], b=[0.0], v=[1.0], K=1)
+    one = MoEParams(beta0=[0.0], beta1=[[0.0]], a=[[1.0]], b=[0.0], v=[1.0], K=1)
+    with pytest.raises(ValueError, match=r"^fitted: input dimension d=1 differs .* d=2"):
+        voronoi_losses(one, t2)
+    with pytest.raises(ValueError, match=r"^fitted: input dimension d=2 differs .* d=1"):
+        voronoi_losses(t2, one)
+
+
+def test_sum_of_k_largest_bounds():
+    assert sum_of_k_largest([3.0, 1.0, 2.0], 1) == 3.0
+    assert sum_of_k_largest([3.0, 1.0, 2.0], 3) == 6.0
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match=r"^K: must satisfy 1 <= K <= 3"):
+            sum_of_k_largest([3.0, 1.0, 2.0], bad)
+
+
+def fit(atoms, ref):
+    """A fitted design-T-like model with the given atoms (beta1, a, b, v) and reference."""
+    atoms = np.asarray(atoms, dtype=float)
+    beta1 = atoms[:, :1].copy()
+    beta0 = np.zeros(len(atoms))
+    beta1[ref] = 0.0
+    return MoEParams(beta0=beta0, beta1=beta1, a=atoms[:, 1:2], b=atoms[:, 2], v=atoms[:, 3],
+                     K=2, ref=ref)
+
+
+def test_exact_fit_with_a_doubled_and_an_empty_cell():
+    """k = k* = 3 with two atoms near true expert 1, none near the reference expert 2: D1
+    keeps the plain per-cell term (no rbar exponents, even for the doubled cell), is undefined
+    (an empty cell), and the notes say so without claiming the empty reference cell holds
+    several atoms."""
+    fitted = fit([[-5, 1, 0, 0.2], [0, 5, 0, 0.2], [-10, 1, -3, 0.25]], ref=1)
+    vl = voronoi_losses(fitted, T.params)
+    assert vl.kind == "D1" and vl.labels.tolist() == [0, 0, 2]
+    assert vl.cell_size.tolist() == [2, 0, 1]
+    np.testing.assert_allclose(vl.T[[0, 2]], vl.E1[[0, 2]])
+    assert np.isnan(vl.value)
+    notes = " | ".join(vl.notes)
+    assert "empty cell: true expert 2 has no fitted atom" in notes
+    assert "holds" not in notes  # the reference cell is empty, not crowded
+    assert "fitted reference atom 2 lies in the cell of true expert 1" in notes
+
+
+def test_fitted_reference_atom_in_a_higher_cell_is_noted():
+    """The fitted reference atom (gating 0) sits in the cell of true expert 3 (above the true
+    reference 2): noted like a lower one."""
+    fitted = fit([[-5, 1, 0, 0.2], [0, 1, -30, 0.25], [0, -1, 3, 0.3]], ref=1)
+    vl = voronoi_losses(fitted, T.params)
+    assert vl.labels.tolist() == [0, 2, 1]
+    assert any("fitted reference atom 2 lies in the cell of true expert 3, not in the "
+               "reference cell 2" in n for n in vl.notes), vl.notes
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        vl.value = 0.0
