@@ -98,3 +98,19 @@ def test_fitted_reference_atom_in_a_higher_cell_is_noted():
                "reference cell 2" in n for n in vl.notes), vl.notes
     with pytest.raises(dataclasses.FrozenInstanceError):
         vl.value = 0.0
+
+
+def test_distance_arguments_at_their_boundaries():
+    from simstudy.losses import density_distances_at, input_sample
+
+    assert input_sample(T.inputs, 1).shape == (1, 1)  # m = 1 is allowed
+    t = T.params
+    X = np.zeros((1, 1))
+    h, tv = density_distances_at(t, t, X, nodes=2)  # the fewest nodes allowed
+    assert h[0] == 0.0 and tv[0] == 0.0
+    for bad in (True, 1, 2.5):
+        with pytest.raises(ValueError, match="^nodes: Gauss-Legendre nodes per panel must be"):
+            density_distances_at(t, t, X, nodes=bad)
+    t2 = MoEParams(beta0=[0.0], beta1=[[0.0, 0.0]], a=[[1.0, 1.0]], b=[0.0], v=[1.0], K=1)
+    with pytest.raises(ValueError, match=r"^fitted: input dimension d=1 differs .* d=2"):
+        density_distances_at(t, t2, np.zeros((1, 2)))
