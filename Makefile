@@ -10,7 +10,26 @@ export OMP_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: install test lint bench study study-quick report-from-data check ci-reference coverage clean
+.PHONY: help install test lint bench study study-quick report-from-data check ci-reference coverage mutate clean
+
+help:
+	@echo "make install       build .venv from the local wheels (every target does this first)"
+	@echo "make test          the test suite (JOBS workers)"
+	@echo "make lint          ruff on simstudy, tests, benchmarks, mutation"
+	@echo "make coverage      coverage of the fast tests, numba JIT disabled"
+	@echo "make bench         benchmarks (python -m benchmarks)"
+	@echo "make study         full-scale studies, reports and neural benchmarks (hours)"
+	@echo "make study-quick   the small CI study and the neural benchmarks' quick sizes"
+	@echo "make check         CI rate check against results/ci_reference.json"
+	@echo "make ci-reference  rewrite the committed reference slopes"
+	@echo "make mutate        mutation testing (cosmic-ray) of the modules that decide results,"
+	@echo "                   each against its fast tests; not in CI, minutes per module."
+	@echo "                   MODULE=engine/seeds.py: one module (path under simstudy/);"
+	@echo "                   FRESH=1: ignore the cache; MUTATE_JOBS=2: two modules at once."
+	@echo "                   See docs/testing.md"
+	@echo "make report-from-data  rebuild every table and figure from results/data/ (no fits)"
+	@echo "make clean         remove .venv and caches"
+
 
 install: $(VENV)/.installed
 
@@ -24,7 +43,7 @@ test: install
 	$(PY) -m pytest -q -n $(JOBS) --dist loadfile
 
 lint: install
-	$(VENV)/bin/ruff check simstudy tests benchmarks
+	$(VENV)/bin/ruff check simstudy tests benchmarks mutation
 
 bench: install
 	$(PY) -m benchmarks
@@ -85,5 +104,10 @@ ci-reference: install
 coverage: install
 	NUMBA_DISABLE_JIT=1 $(PY) -m coverage run --source=simstudy -m pytest -q -p no:xdist -m "not slow" && $(PY) -m coverage report
 
+# mutation testing (docs/testing.md): reruns only mutants whose code or tests changed
+mutate: install
+	nice -n 10 $(PY) -m mutation.run $(if $(MODULE),--module $(MODULE)) $(if $(FRESH),--fresh) \
+		$(if $(MUTATE_JOBS),--jobs $(MUTATE_JOBS))
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mutate

@@ -5,6 +5,7 @@ import sys
 import types
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -142,6 +143,13 @@ def test_build_writes_data_tables_figures_and_readme(tmp_path, fake_engine, caps
     figs = {p.name for p in (out / "figures").iterdir()}
     assert {"sweep_D2.png", "sweep_hellinger.png", "sweep_tv.png", "sweep_params_kbar2.png",
             "sweep_params_kbar3.png"} <= figs
+    for p in (out / "tables").iterdir():
+        assert p.stat().st_size > 0, p
+    # real, non-blank images (what they show is checked in tests/test_figures.py)
+    for p in (out / "figures").iterdir():
+        img = plt.imread(p)
+        assert img.ndim == 3 and img.shape[0] >= 400 and img.shape[1] >= 600, (p, img.shape)
+        assert len(np.unique(img.reshape(-1, img.shape[2]), axis=0)) > 50, p
     for p in (out / "tables").glob("*.md"):
         assert md_tables_ok(p.read_text()) >= 1, p
     rates = pd.read_csv(out / "tables" / "sweep_rates.csv")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simstudy.engine.seeds import data_seed, fit_seed
+from simstudy.engine.seeds import data_seed
 from simstudy.engine.spec import SpecError, load_spec
 
 BASE = """
@@ -297,11 +297,23 @@ def test_seeds_common_random_numbers(tmp_path):
         assert len(fit_draws) == len(group)
     data_draws = {np.random.default_rng(g[0].data_seed()).random() for g in by_key.values()}
     assert len(data_draws) == len(by_key)
+    # a task's seeds are functions of content: another study with other fits, labels and [em]
+    # settings over the same design and root seed draws the same data at (n, rep), and the
+    # same fit stream for a condition of the same content; another root seed moves both
     t = tasks[0]
-    assert (data_seed(t.root_seed, t.design_hash, t.rep, t.n).generate_state(4)
-            == t.data_seed().generate_state(4)).all()
-    assert (fit_seed(t.root_seed, t.condition_id, t.rep).generate_state(4)
-            == t.fit_seed().generate_state(4)).all()
+    other = load_spec(write(tmp_path, BASE.replace('label = "exact"', 'label = "renamed"')
+                            .replace("max_iter = 50", "max_iter = 60"), "s2"))
+    twin = next(u for u in other.tasks() if (u.n, u.rep) == (t.n, t.rep))
+    assert twin.condition_id != t.condition_id  # the [em] override is part of the condition
+    assert (twin.data_seed().generate_state(4) == t.data_seed().generate_state(4)).all()
+    renamed = load_spec(write(tmp_path, BASE.replace('label = "exact"', 'label = "renamed"'),
+                              "s3")).tasks()[0]
+    assert renamed.condition_id == t.condition_id and renamed.label != t.label
+    assert (renamed.fit_seed().generate_state(4) == t.fit_seed().generate_state(4)).all()
+    reseeded = load_spec(write(tmp_path, BASE.replace("root_seed = 11", "root_seed = 12"),
+                               "s4")).tasks()[0]
+    assert (reseeded.data_seed().generate_state(4) != t.data_seed().generate_state(4)).any()
+    assert (reseeded.fit_seed().generate_state(4) != t.fit_seed().generate_state(4)).any()
     with pytest.raises(ValueError, match="rep: expected an integer >= 0"):
         data_seed(1, t.design_hash, -1, 10)
     with pytest.raises(ValueError, match="n: expected an integer >= 1"):
