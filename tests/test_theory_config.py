@@ -85,7 +85,9 @@ def test_regions_in_two_dimensions():
 
 def test_reasons_name_the_experts_and_exponents():
     over = expectations(FitConfig("o", T.params, T.inputs, k=4, K=3, extra_atoms=(0,)))
-    assert over["D2"].reason == "D2 at n^-1/2 (|A_1|=2, |A_2|=1, |A_3|=1, K-bar=3)"
+    assert over["D2"].reason == (
+        "D2 at n^-1/2 (|A_1|=2, |A_2|=1, |A_3|=1; true top-2 set {1, 2} holds 2 + 1 = 3; "
+        "true top-2 set {1, 3} holds 2 + 1 = 3 fitted atoms = K-bar = 3; rbar(2) = 4)")
     assert "n^-1/8" in over["err_beta1_1"].reason and "n^-1/8" in over["err_b_1"].reason
     assert "n^-1/4" in over["err_a_1"].reason and "n^-1/4" in over["err_v_1"].reason
     for p in ("beta1", "a", "b", "v"):
