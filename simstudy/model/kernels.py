@@ -24,7 +24,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from simstudy.model.vmath import vexp, vlog
+from simstudy.model.vmath import exp_nonpos, log_pos
 
 __all__ = [
     "LOG_2PI",
@@ -349,18 +349,37 @@ _MODE_HESS = 4  # + Hessian of the observed log-likelihood
 
 
 @njit(**_ORDER_FREE)
-def _dot(u, w, nb):
+def _dot(A, a, B, b, nb):
+    """sum_j A[a, j] B[b, j] (rows of 2-d arrays: a row view would cost two atomic reference
+    count updates, which add up over the many small loops of a block)."""
     acc = 0.0
     for j in range(nb):
-        acc += u[j] * w[j]
+        acc += A[a, j] * B[b, j]
     return acc
 
 
 @njit(**_ORDER_FREE)
-def _sum(u, nb):
+def _dot4(A, a, B, b, nb):
+    """The four dots of row ``a`` of A with rows b..b+3 of B in one sweep (row a is loaded
+    once for four products: the rank-one part of the Hessian is load-bound otherwise)."""
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    for j in range(nb):
+        x = A[a, j]
+        s0 += x * B[b, j]
+        s1 += x * B[b + 1, j]
+        s2 += x * B[b + 2, j]
+        s3 += x * B[b + 3, j]
+    return s0, s1, s2, s3
+
+
+@njit(**_ORDER_FREE)
+def _sum(A, a, nb):
     acc = 0.0
     for j in range(nb):
-        acc += u[j]
+        acc += A[a, j]
     return acc
 
 
@@ -384,271 +403,223 @@ def _layout(mode, k, d):
     p = d + 1
     ng = (k - 1) * p
     nf = ng + k * p + k
+    o_xtx = o_xty = o_syy = o_h = o_grad = o_ll = 0
     if mode == _MODE_EM:
-        o_xtx = 0
         o_xty = k * p * p
         o_syy = o_xty + k * p
         o_h = o_syy + k
         o_grad = o_h + ng * ng
-    elif mode == _MODE_HESS:
-        o_xtx = o_xty = o_syy = 0
-        o_grad = 0
-        o_h = nf
-    else:
-        o_xtx = o_xty = o_syy = o_h = 0
-        o_grad = 0
-    if mode == _MODE_EM:
         o_ll = o_grad + nf
     elif mode == _MODE_HESS:
+        o_h = nf
         o_ll = o_h + nf * nf
     elif mode == _MODE_GRAD:
         o_ll = nf
-    else:
-        o_ll = 0
     return o_xtx, o_xty, o_syy, o_h, o_grad, o_ll, o_ll + 1
+
+
+# rows of the per-point scratch ``pt``
+_Y, _YY, _M1, _M2, _TW, _TJ, _T1, _T2 = 0, 1, 2, 3, 4, 5, 6, 7
 
 
 @njit(**_EXACT)
 def _work(k, d, mode):
-    """Scratch of one chunk: (k, BLOCK) rows per quantity and (BLOCK,) rows per point."""
+    """Scratch of one chunk: (k, BLOCK) arrays per quantity and (8, BLOCK) per-point rows."""
     p = d + 1
     nf = (k - 1) * p + k * p + k
     zs = np.ones((p, BLOCK))  # regressors z = (x, 1) by row; the last row stays 1
-    pts = np.empty((8, BLOCK))  # y, y^2, m1, m2, totw, totj, and two temporaries
+    pt = np.empty((8, BLOCK))
     kb = np.empty((6, k, BLOCK))  # s, eta, e, lj, gating exps -> w, joint exps -> r
     act = np.empty((k, BLOCK), dtype=np.bool_)
     cnt = np.empty(BLOCK, dtype=np.int64)
     rz = np.empty((p, BLOCK))
-    nu = nf if mode == _MODE_HESS else 1
-    U = np.empty((nu, BLOCK))  # per-point gradient of LSE(lj): rows of the rank-one terms
-    return zs, pts, kb, act, cnt, rz, U
+    U = np.empty((nf if mode == _MODE_HESS else 1, BLOCK))  # rows of Gbar (obs_hess)
+    return zs, pt, kb[0], kb[1], kb[2], kb[3], kb[4], kb[5], act, cnt, rz, U
 
 
 @njit(**_EXACT)
-def _block_load_select(X, y, n0, nb, beta0, beta1, K, zs, pts, s, eta, act, cnt):
+def _block_load_select(X, y, n0, nb, beta0, beta1, K, zs, pt, s, eta, act, cnt):
     """Copy the block to SoA, scores s = beta1 x (summed as the scalar kernels do), logits and
     top-K masks (j beats i if s_j > s_i, or s_j == s_i and j < i)."""
     k, d = beta1.shape
-    ys = pts[0]
-    yy = pts[1]
     for j in range(nb):
-        ys[j] = y[n0 + j]
-        yy[j] = ys[j] * ys[j]
+        pt[_Y, j] = y[n0 + j]
+    for j in range(nb):
+        pt[_YY, j] = pt[_Y, j] * pt[_Y, j]
     for t in range(d):
-        zt = zs[t]
         for j in range(nb):
-            zt[j] = X[n0 + j, t]
+            zs[t, j] = X[n0 + j, t]
     for i in range(k):
-        si = s[i]
         for j in range(nb):
-            si[j] = 0.0
+            s[i, j] = 0.0
         for t in range(d):
             c = beta1[i, t]
-            zt = zs[t]
             for j in range(nb):
-                si[j] += c * zt[j]
-        ei = eta[i]
+                s[i, j] += c * zs[t, j]
         c0 = beta0[i]
         for j in range(nb):
-            ei[j] = si[j] + c0
+            eta[i, j] = s[i, j] + c0
     if K >= k:
         for i in range(k):
-            ai = act[i]
             for j in range(nb):
-                ai[j] = True
+                act[i, j] = True
         return
     for i in range(k):
-        si = s[i]
         for j in range(nb):
             cnt[j] = 0
-        for l in range(k):
-            sl = s[l]
-            if l < i:
+        for m in range(k):
+            if m < i:
                 for j in range(nb):
-                    cnt[j] += sl[j] >= si[j]
-            elif l > i:
+                    cnt[j] += s[m, j] >= s[i, j]
+            elif m > i:
                 for j in range(nb):
-                    cnt[j] += sl[j] > si[j]
-        ai = act[i]
+                    cnt[j] += s[m, j] > s[i, j]
         for j in range(nb):
-            ai[j] = cnt[j] < K
+            act[i, j] = cnt[j] < K
 
 
 @njit(**_POINTWISE)
-def _block_estep(nb, a, b, logv, invv, zs, pts, eta, act, e, lj, gw, gj, lp, normalise):
+def _block_estep(nb, a, b, logv, invv, zs, pt, eta, act, e, lj, w, r, lp, normalise):
     """Residuals ``e``, log joints, the two max-shifted log-sum-exps and log p(y | x) into ``lp``.
 
-    ``gw``/``gj`` receive exp(eta - max) and exp(lj - max) on the active set (exactly 0 off
-    it); with ``normalise`` they become the gating weights w and the responsibilities r.
-    Every loop stores to one array only: LLVM gives up vectorising a loop when the runtime
-    checks that its arrays do not overlap become too many.
+    ``w``/``r`` receive exp(eta - max) and exp(lj - max) on the active set (exactly 0 off it);
+    with ``normalise`` they become the gating weights and the responsibilities. Every loop
+    stores to one array only and loads before it selects: LLVM gives up vectorising a loop
+    whose overlap checks get too many, or that loads inside a branch.
     """
     k, d = a.shape
-    ys = pts[0]
-    m1 = pts[2]
-    m2 = pts[3]
-    totw = pts[4]
-    totj = pts[5]
-    q = pts[6]
     for j in range(nb):
-        m1[j] = -np.inf
+        pt[_M1, j] = -np.inf
     for j in range(nb):
-        m2[j] = -np.inf
+        pt[_M2, j] = -np.inf
     for i in range(k):
-        ei = e[i]
-        li = lj[i]
-        hi = eta[i]
-        ai = act[i]
         c0 = b[i]
         for j in range(nb):
-            ei[j] = c0
+            e[i, j] = c0
         for t in range(d):
             c = a[i, t]
-            zt = zs[t]
             for j in range(nb):
-                ei[j] += c * zt[j]
+                e[i, j] += c * zs[t, j]
         for j in range(nb):
-            ei[j] = ys[j] - ei[j]
+            e[i, j] = pt[_Y, j] - e[i, j]
         lv = LOG_2PI + logv[i]
         iv = invv[i]
         for j in range(nb):
-            li[j] = hi[j] - 0.5 * (lv + ei[j] * ei[j] * iv)
-        # loads first, then a select: a load inside a branch (or an ``and``) stops LLVM
+            res = e[i, j]
+            lj[i, j] = eta[i, j] - 0.5 * (lv + res * res * iv)
         for j in range(nb):
-            h = hi[j]
-            m = m1[j]
-            m1[j] = h if (ai[j] & (h > m)) else m
+            h = eta[i, j]
+            m = pt[_M1, j]
+            pt[_M1, j] = h if (act[i, j] & (h > m)) else m
         for j in range(nb):
-            lij = li[j]
-            m = m2[j]
-            m2[j] = lij if (ai[j] & (lij > m)) else m
+            h = lj[i, j]
+            m = pt[_M2, j]
+            pt[_M2, j] = h if (act[i, j] & (h > m)) else m
     for j in range(nb):
-        totw[j] = 0.0
+        pt[_TW, j] = 0.0
     for j in range(nb):
-        totj[j] = 0.0
+        pt[_TJ, j] = 0.0
     for i in range(k):
-        wi = gw[i]
-        ri = gj[i]
-        hi = eta[i]
-        li = lj[i]
-        ai = act[i]
         for j in range(nb):
-            t = hi[j] - m1[j]
-            wi[j] = t if ai[j] else -1000.0  # exp(-1000) is exactly 0
+            val = exp_nonpos(eta[i, j] - pt[_M1, j])
+            w[i, j] = val if act[i, j] else 0.0
         for j in range(nb):
-            t = li[j] - m2[j]
-            ri[j] = t if ai[j] else -1000.0
-        vexp(wi, nb)
-        vexp(ri, nb)
+            val = exp_nonpos(lj[i, j] - pt[_M2, j])
+            r[i, j] = val if act[i, j] else 0.0
         for j in range(nb):
-            totw[j] += wi[j]
+            pt[_TW, j] += w[i, j]
         for j in range(nb):
-            totj[j] += ri[j]
+            pt[_TJ, j] += r[i, j]
     for j in range(nb):
-        q[j] = totj[j] / totw[j]  # sum exp(lj - m2) / sum exp(eta - m1)
-    vlog(q, nb)
-    for j in range(nb):
-        lp[j] = (m2[j] - m1[j]) + q[j]
+        # log of sum exp(lj - m2) / sum exp(eta - m1): one log a point
+        lp[j] = (pt[_M2, j] - pt[_M1, j]) + log_pos(pt[_TJ, j] / pt[_TW, j])
     if normalise:
         for j in range(nb):
-            totw[j] = 1.0 / totw[j]
+            pt[_TW, j] = 1.0 / pt[_TW, j]
         for j in range(nb):
-            totj[j] = 1.0 / totj[j]
+            pt[_TJ, j] = 1.0 / pt[_TJ, j]
         for i in range(k):
-            wi = gw[i]
-            ri = gj[i]
             for j in range(nb):
-                wi[j] *= totw[j]
+                w[i, j] *= pt[_TW, j]
             for j in range(nb):
-                ri[j] *= totj[j]
+                r[i, j] *= pt[_TJ, j]
 
 
 @njit(**_ORDER_FREE)
-def _acc_grad(nb, zs, pts, w, r, e, invv, blk, rz, row, o_grad, o_xtx, o_xty, o_syy, stats):
+def _acc_grad(nb, zs, pt, w, r, e, invv, blk, rz, row, o_grad, o_xtx, o_xty, o_syy, stats):
     """Gradient of the observed log-likelihood (Fisher's identity), and with ``stats`` the
     expert sufficient statistics (upper triangles of XtX), into ``row``."""
     k = r.shape[0]
     p = zs.shape[0]
     ng = (k - 1) * p
-    ys = pts[0]
-    yy = pts[1]
-    tmp = pts[7]
     for i in range(k):
-        ri = r[i]
-        ei = e[i]
         iv = invv[i]
         for u in range(p):
-            zu = zs[u]
-            rzu = rz[u]
             for j in range(nb):
-                rzu[j] = ri[j] * zu[j]
+                rz[u, j] = r[i, j] * zs[u, j]
         gb = o_grad + ng + i * p
         for u in range(p):
-            row[gb + u] += iv * _dot(rz[u], ei, nb)
+            row[gb + u] += iv * _dot(rz, u, e, i, nb)
         for j in range(nb):
-            tmp[j] = ri[j] * (ei[j] * ei[j] * iv - 1.0)
-        row[o_grad + ng + k * p + i] += 0.5 * _sum(tmp, nb)
+            res = e[i, j]
+            pt[_T1, j] = r[i, j] * (res * res * iv - 1.0)
+        row[o_grad + ng + k * p + i] += 0.5 * _sum(pt, _T1, nb)
         if stats:
             for u in range(p):
                 for q in range(u, p):
-                    row[o_xtx + (i * p + u) * p + q] += _dot(rz[u], zs[q], nb)
-                row[o_xty + i * p + u] += _dot(rz[u], ys, nb)
-            row[o_syy + i] += _dot(ri, yy, nb)
+                    row[o_xtx + (i * p + u) * p + q] += _dot(rz, u, zs, q, nb)
+                row[o_xty + i * p + u] += _dot(rz, u, pt, _Y, nb)
+            row[o_syy + i] += _dot(r, i, pt, _YY, nb)
         bi = blk[i]
         if bi >= 0:
-            wi = w[i]
             for j in range(nb):
-                tmp[j] = ri[j] - wi[j]
+                pt[_T1, j] = r[i, j] - w[i, j]
             for u in range(p):
-                row[o_grad + bi + u] += _dot(tmp, zs[u], nb)
+                row[o_grad + bi + u] += _dot(pt, _T1, zs, u, nb)
 
 
 @njit(**_ORDER_FREE)
-def _acc_zz(nb, zs, c, rz, row, base, ld, sym):
-    """row[base + u*ld + q] += sum_j c_j z_u z_q for u <= q (and the mirrored (q, u) entry of
-    an off-diagonal block when ``sym``)."""
+def _acc_zz(nb, zs, c, ci, rz, row, base, ld, sym):
+    """row[base + u*ld + q] += sum_j c[ci, j] z_u z_q for u <= q (and the mirrored (q, u)
+    entry of an off-diagonal block when ``sym``)."""
     p = zs.shape[0]
     for u in range(p):
-        zu = zs[u]
-        rzu = rz[u]
         for j in range(nb):
-            rzu[j] = c[j] * zu[j]
+            rz[u, j] = c[ci, j] * zs[u, j]
     for u in range(p):
         for q in range(u, p):
-            val = _dot(rz[u], zs[q], nb)
+            val = _dot(rz, u, zs, q, nb)
             row[base + u * ld + q] += val
             if sym and q != u:
                 row[base + q * ld + u] += val
 
 
 @njit(**_ORDER_FREE)
-def _acc_gating_hess(nb, zs, pts, w, blk, rz, row, o_h):
+def _acc_gating_hess(nb, zs, pt, w, blk, rz, row, o_h):
     """Hessian of the gating Q in the free gating blocks, active sets held (upper blocks)."""
     k = w.shape[0]
     p = zs.shape[0]
     ng = (k - 1) * p
-    tmp = pts[7]
     for i in range(k):
         bi = blk[i]
         if bi < 0:
             continue
-        wi = w[i]
         for j in range(nb):
-            tmp[j] = wi[j] * wi[j] - wi[j]
-        _acc_zz(nb, zs, tmp, rz, row, o_h + bi * ng + bi, ng, False)
-        for l in range(i + 1, k):
-            bl = blk[l]
-            if bl < 0:
+            wij = w[i, j]
+            pt[_T1, j] = wij * wij - wij
+        _acc_zz(nb, zs, pt, _T1, rz, row, o_h + bi * ng + bi, ng, False)
+        for m in range(i + 1, k):
+            bm = blk[m]
+            if bm < 0:
                 continue
-            wl = w[l]
             for j in range(nb):
-                tmp[j] = wi[j] * wl[j]
-            _acc_zz(nb, zs, tmp, rz, row, o_h + bi * ng + bl, ng, True)
+                pt[_T1, j] = w[i, j] * w[m, j]
+            _acc_zz(nb, zs, pt, _T1, rz, row, o_h + bi * ng + bm, ng, True)
 
 
 @njit(**_ORDER_FREE)
-def _acc_obs_hess(nb, zs, pts, w, r, e, invv, blk, rz, U, row, o_grad, o_h):
-    """Hessian of the observed log-likelihood, active sets held (upper triangle):
+def _acc_obs_hess(nb, zs, pt, w, r, e, invv, blk, rz, U, row, o_grad, o_h):
+    """Gradient and Hessian of the observed log-likelihood, active sets held (upper triangle):
     the block-diagonal part sum_i r_i (Hess lj_i + G_i G_i') - w_i g_i g_i' per expert, then
     the rank-two part -Gbar Gbar' + gbar gbar' from the rows of Gbar (``U``) and gbar.
     See :func:`obs_hess` for the notation."""
@@ -656,78 +627,78 @@ def _acc_obs_hess(nb, zs, pts, w, r, e, invv, blk, rz, U, row, o_grad, o_h):
     p = zs.shape[0]
     ng = (k - 1) * p
     nf = ng + k * p + k
-    t1 = pts[6]
-    t2 = pts[7]
     for i in range(k):
-        ri = r[i]
-        ei = e[i]
         iv = invv[i]
         xb = ng + i * p
         ti = ng + k * p + i
-        Ut = U[ti]
         for j in range(nb):
-            ev = ei[j] * iv
-            h = 0.5 * (ei[j] * ev - 1.0)
-            Ut[j] = ri[j] * h
-            t1[j] = ri[j] * (ev * ev - iv)
-            t2[j] = ri[j] * ev
+            res = e[i, j]
+            U[ti, j] = r[i, j] * (0.5 * (res * res * iv - 1.0))  # r h
+        for j in range(nb):
+            pt[_T2, j] = r[i, j] * (e[i, j] * iv)  # r e / v
+        for j in range(nb):
+            ev = e[i, j] * iv
+            pt[_T1, j] = r[i, j] * (ev * ev - iv)
         for u in range(p):
-            Uxu = U[xb + u]
-            zu = zs[u]
             for j in range(nb):
-                Uxu[j] = t2[j] * zu[j]
-        _acc_zz(nb, zs, t1, rz, row, o_h + xb * nf + xb, nf, False)  # (phi_i, phi_i)
+                U[xb + u, j] = pt[_T2, j] * zs[u, j]
+        _acc_zz(nb, zs, pt, _T1, rz, row, o_h + xb * nf + xb, nf, False)  # (phi_i, phi_i)
         for j in range(nb):
-            ev = ei[j] * iv
-            t1[j] = t2[j] * (0.5 * (ei[j] * ev - 1.0) - 1.0)
+            res = e[i, j]
+            pt[_T1, j] = pt[_T2, j] * (0.5 * (res * res * iv - 1.0) - 1.0)
         for u in range(p):
-            row[o_h + (xb + u) * nf + ti] += _dot(t1, zs[u], nb)  # (phi_i, tau_i)
+            row[o_h + (xb + u) * nf + ti] += _dot(pt, _T1, zs, u, nb)  # (phi_i, tau_i)
         for j in range(nb):
-            ev = ei[j] * iv
-            h = 0.5 * (ei[j] * ev - 1.0)
-            t1[j] = ri[j] * (h * h - 0.5 * ei[j] * ev)
-        row[o_h + ti * nf + ti] += _sum(t1, nb)  # (tau_i, tau_i)
+            res = e[i, j]
+            ev = res * iv
+            h = 0.5 * (res * ev - 1.0)
+            pt[_T1, j] = r[i, j] * (h * h - 0.5 * res * ev)
+        row[o_h + ti * nf + ti] += _sum(pt, _T1, nb)  # (tau_i, tau_i)
         gb = blk[i]
         if gb < 0:
             continue
-        wi = w[i]
         for u in range(p):
-            Ugu = U[gb + u]
-            zu = zs[u]
             for j in range(nb):
-                Ugu[j] = ri[j] * zu[j]
+                U[gb + u, j] = r[i, j] * zs[u, j]
         for j in range(nb):
-            t1[j] = ri[j] - wi[j]
-        _acc_zz(nb, zs, t1, rz, row, o_h + gb * nf + gb, nf, False)  # (theta_i, theta_i)
-        _acc_zz(nb, zs, t2, rz, row, o_h + gb * nf + xb, nf, True)  # (theta_i, phi_i)
+            pt[_T1, j] = r[i, j] - w[i, j]
+        _acc_zz(nb, zs, pt, _T1, rz, row, o_h + gb * nf + gb, nf, False)  # (theta_i, theta_i)
+        _acc_zz(nb, zs, pt, _T2, rz, row, o_h + gb * nf + xb, nf, True)  # (theta_i, phi_i)
         for u in range(p):
-            row[o_h + (gb + u) * nf + ti] += _dot(Ut, zs[u], nb)  # (theta_i, tau_i)
+            row[o_h + (gb + u) * nf + ti] += _dot(U, ti, zs, u, nb)  # (theta_i, tau_i)
     # the gradient sum (Gbar - gbar); then -Gbar Gbar' over all free parameters and
     # + gbar gbar' over the gating ones (gbar = w z)
     for A in range(nf):
-        row[o_grad + A] += _sum(U[A], nb)
+        row[o_grad + A] += _sum(U, A, nb)
     for i in range(k):
         bi = blk[i]
         if bi >= 0:
             for u in range(p):
-                row[o_grad + bi + u] -= _dot(w[i], zs[u], nb)
+                row[o_grad + bi + u] -= _dot(w, i, zs, u, nb)
     for A in range(nf):
-        UA = U[A]
-        for C in range(A, nf):
-            row[o_h + A * nf + C] -= _dot(UA, U[C], nb)
+        base = o_h + A * nf
+        C = A
+        while C + 4 <= nf:
+            s0, s1, s2, s3 = _dot4(U, A, U, C, nb)
+            row[base + C] -= s0
+            row[base + C + 1] -= s1
+            row[base + C + 2] -= s2
+            row[base + C + 3] -= s3
+            C += 4
+        while C < nf:
+            row[base + C] -= _dot(U, A, U, C, nb)
+            C += 1
     for i in range(k):
         bi = blk[i]
         if bi < 0:
             continue
-        for l in range(i, k):
-            bl = blk[l]
-            if bl < 0:
+        for m in range(i, k):
+            bm = blk[m]
+            if bm < 0:
                 continue
-            wi = w[i]
-            wl = w[l]
             for j in range(nb):
-                t1[j] = wi[j] * wl[j]
-            _acc_zz(nb, zs, t1, rz, row, o_h + bi * nf + bl, nf, l != i)
+                pt[_T1, j] = w[i, j] * w[m, j]
+            _acc_zz(nb, zs, pt, _T1, rz, row, o_h + bi * nf + bm, nf, m != i)
 
 
 @njit(**_EXACT)
@@ -738,27 +709,26 @@ def _chunk(c, X, y, beta0, beta1, a, b, logv, invv, K, ref, mode, row, out):
     p = d + 1
     blk = _gating_blocks(k, p, ref)
     o_xtx, o_xty, o_syy, o_h, o_grad, o_ll, _ = _layout(mode, k, d)
-    zs, pts, kb, act, cnt, rz, U = _work(k, d, mode)
-    s, eta, e, lj, w, r = kb[0], kb[1], kb[2], kb[3], kb[4], kb[5]
+    zs, pt, s, eta, e, lj, w, r, act, cnt, rz, U = _work(k, d, mode)
     lo = c * CHUNK_BLOCKS * BLOCK
     hi = min(n, lo + CHUNK_BLOCKS * BLOCK)
     normalise = mode >= _MODE_GRAD
-    lp = np.empty(BLOCK)
+    lp = np.empty((1, BLOCK))
     for n0 in range(lo, hi, BLOCK):
         nb = min(BLOCK, hi - n0)
-        _block_load_select(X, y, n0, nb, beta0, beta1, K, zs, pts, s, eta, act, cnt)
-        _block_estep(nb, a, b, logv, invv, zs, pts, eta, act, e, lj, w, r, lp, normalise)
-        row[o_ll] += _sum(lp, nb)
+        _block_load_select(X, y, n0, nb, beta0, beta1, K, zs, pt, s, eta, act, cnt)
+        _block_estep(nb, a, b, logv, invv, zs, pt, eta, act, e, lj, w, r, lp[0], normalise)
+        row[o_ll] += _sum(lp, 0, nb)
         if mode == _MODE_POINTS:
             for j in range(nb):
-                out[n0 + j] = lp[j]
+                out[n0 + j] = lp[0, j]
         elif mode == _MODE_GRAD or mode == _MODE_EM:
-            _acc_grad(nb, zs, pts, w, r, e, invv, blk, rz, row, o_grad, o_xtx, o_xty, o_syy,
+            _acc_grad(nb, zs, pt, w, r, e, invv, blk, rz, row, o_grad, o_xtx, o_xty, o_syy,
                       mode == _MODE_EM)  # fmt: skip
             if mode == _MODE_EM:
-                _acc_gating_hess(nb, zs, pts, w, blk, rz, row, o_h)
+                _acc_gating_hess(nb, zs, pt, w, blk, rz, row, o_h)
         elif mode == _MODE_HESS:
-            _acc_obs_hess(nb, zs, pts, w, r, e, invv, blk, rz, U, row, o_grad, o_h)
+            _acc_obs_hess(nb, zs, pt, w, r, e, invv, blk, rz, U, row, o_grad, o_h)
 
 
 @njit(**_EXACT)
