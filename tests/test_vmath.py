@@ -1,4 +1,4 @@
-"""The vectorisable exp/log of simstudy.model.vmath against libm (<= 2 ulp, special values),
+"""The vectorisable exp/log of simstudy.model.kernels against libm (<= 2 ulp, special values),
 jitted and as plain Python (the fallback that runs under NUMBA_DISABLE_JIT=1)."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from simstudy.model import vmath
+from simstudy.model import kernels as vmath
 
 
 def _ulps(got, want):
