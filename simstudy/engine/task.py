@@ -144,8 +144,24 @@ def run_task(task) -> dict:
 
 
 def warmup(task) -> None:
-    """Compile (or load from the numba cache) the EM kernels with a tiny fit in this process."""
+    """Compile (or load from the numba cache) the EM kernels with a tiny fit in this process.
+
+    Two processes that compile the same kernel for different signatures at once can leave
+    numba's cache index pointing at the other signature's machine code (a segfault on the
+    next load), so the first compile is serialised across processes by a lock file.
+    """
+    import fcntl
+    import tempfile
     from dataclasses import replace
+    from pathlib import Path
 
     small = replace(task, n=max(50, 10 * task.fit["k"]), em={**task.em, "max_iter": 3})
-    run_task(small)
+    lock = Path(tempfile.gettempdir()) / "simstudy-numba-compile.lock"
+    try:
+        fh = open(lock, "a")  # held for the duration of the warm-up
+    except OSError:  # no writable temp folder: compile unserialised rather than not at all
+        run_task(small)
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        run_task(small)
