@@ -3,23 +3,119 @@
 These are the one-point-at-a-time passes of ``simstudy.model.kernels`` before the blocked
 rewrite (issue 9), kept verbatim so the new kernels can be compared with them to round-off
 (log-likelihood, statistics, gradient, Hessian) and so the benchmark can time them in the same
-process. They share the per-point helper ``_point`` (one point's selection and log-sum-exps)
-with the scalar kernels that are still in the package (``e_step``, ``expert_stats``, ...).
+process. The file is self-contained (its own copies of the per-point helpers, which the
+package's remaining scalar kernels ``e_step``, ``expert_stats``, ... also use): numba's cache
+of a function is invalidated only by changes to its own file.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
-from simstudy.model.kernels import (
-    _point,
-    _scratch,
-    _symmetrize,
-    _symmetrize_expert,
-)
+LOG_2PI = math.log(2.0 * math.pi)
 
 __all__ = ["log_density_points", "loglik", "em_pass", "obs_grad", "obs_hess"]
+
+
+@njit(cache=True)
+def select_topk(s, K, active):
+    """Mark in ``active`` (k,) the K largest entries of ``s`` (ties to the lower index).
+
+    Expert i is selected when fewer than K experts beat it, where j beats i if
+    ``s_j > s_i`` or (``s_j == s_i`` and ``j < i``). O(k^2), which is cheap for small k.
+    """
+    k = s.shape[0]
+    if K >= k:
+        for i in range(k):
+            active[i] = True
+        return
+    for i in range(k):
+        beaten = 0
+        si = s[i]
+        for j in range(k):
+            if s[j] > si or (s[j] == si and j < i):
+                beaten += 1
+        active[i] = beaten < K
+
+
+@njit(cache=True)
+def _point(X, nn, yv, beta0, beta1, a, b, logv, invv, K, s, active, ew, ej, res):
+    """Everything one point needs, with two max-shifted log-sum-exps (2K exp, 2 log).
+
+    Fills the active set, ``ew_i = exp(eta_i - max eta)`` (gating, 0 off the active set),
+    ``ej_i = exp(lj_i - max lj)`` with ``lj_i = eta_i + log N(y; a_i.x + b_i, v_i)`` and the
+    residuals ``res_i``. Returns ``(log p(y | x), sum ew, sum ej)``, so that the gating
+    weights are ``ew / sum ew`` and the responsibilities ``ej / sum ej``.
+    """
+    k, d = beta1.shape
+    for i in range(k):
+        acc = 0.0
+        for t in range(d):
+            acc += beta1[i, t] * X[nn, t]
+        s[i] = acc
+    select_topk(s, K, active)
+    m1 = -np.inf
+    m2 = -np.inf
+    for i in range(k):
+        if active[i]:
+            eta = s[i] + beta0[i]
+            mu = b[i]
+            for t in range(d):
+                mu += a[i, t] * X[nn, t]
+            e = yv - mu
+            res[i] = e
+            lj = eta - 0.5 * (LOG_2PI + logv[i] + e * e * invv[i])
+            ew[i] = eta  # logits and log joints are kept until the shifts are known
+            ej[i] = lj
+            if eta > m1:
+                m1 = eta
+            if lj > m2:
+                m2 = lj
+    totw = 0.0
+    totj = 0.0
+    for i in range(k):
+        if active[i]:
+            ew[i] = math.exp(ew[i] - m1)
+            ej[i] = math.exp(ej[i] - m2)
+            totw += ew[i]
+            totj += ej[i]
+        else:
+            ew[i] = 0.0
+            ej[i] = 0.0
+            res[i] = 0.0
+    lp = (m2 + math.log(totj)) - (m1 + math.log(totw))
+    return lp, totw, totj
+
+
+@njit(cache=True)
+def _scratch(k):
+    return (
+        np.empty(k),
+        np.empty(k, dtype=np.bool_),
+        np.empty(k),
+        np.empty(k),
+        np.empty(k),
+    )
+
+
+@njit(cache=True)
+def _symmetrize_expert(XtX):
+    k, p, _ = XtX.shape
+    for i in range(k):
+        for u in range(p):
+            for w in range(u):
+                XtX[i, u, w] = XtX[i, w, u]
+
+
+@njit(cache=True)
+def _symmetrize(H):
+    m = H.shape[0]
+    for u in range(m):
+        for w in range(u):
+            H[u, w] = H[w, u]
 
 
 @njit(cache=True)

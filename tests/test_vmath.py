@@ -1,4 +1,4 @@
-"""The vectorisable exp/log of simstudy.model.vmath against libm (<= 2 ulp, special values),
+"""The vectorisable exp/log of simstudy.model.kernels against libm (<= 2 ulp, special values),
 jitted and as plain Python (the fallback that runs under NUMBA_DISABLE_JIT=1)."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from simstudy.model import vmath
+from simstudy.model import kernels as vmath
 
 
 def _ulps(got, want):
@@ -34,8 +34,15 @@ LOG_ARGS = np.concatenate([
 ])  # fmt: skip
 
 
+NONPOS = EXP_ARGS[(EXP_ARGS <= 0.0) & (EXP_ARGS >= -708.0)]
+NORMAL = LOG_ARGS[LOG_ARGS >= 2.2250738585072014e-308]
+
+
 @pytest.mark.parametrize("fn,ref,args", [(vmath.vexp, np.exp, EXP_ARGS),
-                                         (vmath.vlog, np.log, LOG_ARGS)], ids=["exp", "log"])
+                                         (vmath.vlog, np.log, LOG_ARGS),
+                                         (vmath.vexp_nonpos, np.exp, NONPOS),
+                                         (vmath.vlog_pos, np.log, NORMAL)],
+                         ids=["exp", "log", "exp_nonpos", "log_pos"])  # fmt: skip
 def test_within_two_ulp_of_libm(fn, ref, args):
     out = args.copy()
     fn(out, out.size)
@@ -52,8 +59,19 @@ def test_within_two_ulp_of_libm(fn, ref, args):
 ], ids=["exp", "log"])  # fmt: skip
 def test_special_values(fn, x, want):
     out = np.array(x)
-    fn(out, out.size)
+    with np.errstate(over="ignore"):  # exp(710) overflows (numpy scalars warn without the JIT)
+        fn(out, out.size)
     np.testing.assert_array_equal(out, np.array(want))
+
+
+def test_lean_variants_flush_underflow_clamp_positive_and_pass_nan():
+    x = np.array([-708.5, -1000.0, -np.inf, np.nan, 0.0, 3.0])
+    vmath.vexp_nonpos(x, x.size)
+    np.testing.assert_array_equal(x, [0.0, 0.0, 0.0, np.nan, 1.0, 1.0])
+    x = np.array([np.nan, 1.0, 0.5])
+    vmath.vlog_pos(x, x.size)
+    np.testing.assert_array_equal(x[:2], [np.nan, 0.0])
+    assert x[2] == pytest.approx(np.log(0.5), rel=4e-16)
 
 
 def test_only_the_first_nb_entries_are_written():
@@ -71,7 +89,8 @@ def test_pure_python_fallback_gives_the_same_bits():
     for v in (0.0, -0.0, 1.0, -2.5, 5e-324, np.inf, 1.7976931348623157e308):
         assert vmath.bits_f64(vmath.f64_bits(v)) == v or np.isnan(v)
         assert vmath.f64_bits(v) == int(np.float64(v).view(np.int64))
-    for fn, args in ((vmath.vexp, EXP_ARGS[::97]), (vmath.vlog, LOG_ARGS[::97])):
+    for fn, args in ((vmath.vexp, EXP_ARGS[::97]), (vmath.vlog, LOG_ARGS[::97]),
+                     (vmath.vexp_nonpos, NONPOS[::97]), (vmath.vlog_pos, NORMAL[::97])):
         jit, py = args.copy(), args.copy()
         fn(jit, jit.size)
         _py(fn)(py, py.size)
