@@ -32,8 +32,7 @@ import math
 import numpy as np
 from numba import njit
 
-from simstudy.model.kernels import LOG_2PI, _gating_blocks
-from simstudy.model.vmath import vexp, vlog
+from simstudy.model.kernels import LOG_2PI, _gating_blocks, vexp, vlog
 
 __all__ = ["MAX_EXPERTS", "selection_mask", "line_breaks", "line_nodes", "line_events",
            "line_logdensity", "boundary_pairs", "smooth_loglik_grad", "warm_up"]
@@ -258,7 +257,7 @@ def line_nodes(X, y, beta0, beta1, a, b, v, K, dbeta0, dbeta1, nodes, out):
 
     Blocked: per block of points the selections and expert densities are computed once, then
     every node costs k vectorised exponentials and one logarithm per point
-    (:mod:`simstudy.model.vmath`); a point whose weighted densities all underflow takes the
+    (:func:`simstudy.model.kernels.vexp`); a point whose weighted densities all underflow takes the
     scalar log-sum-exp path.
     """
     n, d = X.shape
