@@ -141,9 +141,7 @@ def check_fit_options(task) -> tuple[str, str] | None:
     accepted = inspect.signature(TopKMoEEM).parameters
     for option in opts:
         if option not in accepted:
-            return option, (f"{option}: the estimator of this version has no option {option!r}"
-                            + (" (no per-fit time budget yet)" if option == "max_seconds"
-                               else ""))
+            return option, f"{option}: the estimator of this version has no option {option!r}"
     est = TopKMoEEM(task.fit["k"], task.fit["K"], random_state=0, **opts)
     check = getattr(est, "_check_options", None)  # the estimator's own validation, if any
     if check is None:
