@@ -58,6 +58,8 @@ OPTIONAL_STUDIES ?= topk_planar topk_kbar_bounded
 # staged runs: `make study MAX_REPS=10` runs (or resumes) every study to 10 replications and
 # reports; a later `make study` completes them (tasks run replication-major)
 MAX_REPS ?=
+# and `make study MAX_N=100000` only the conditions with n <= 1e5
+MAX_N ?=
 SIMSTUDY := $(PY) -m simstudy
 
 study: install
@@ -69,7 +71,8 @@ study: install
 	  if [ $$optional = 1 ] && ! $(SIMSTUDY) status $$spec > /dev/null; then \
 	    echo "make study: skipping $$spec (refused, see above)"; continue; fi; \
 	  echo "make study: $$spec"; \
-	  $(SIMSTUDY) run $$spec --jobs $(JOBS) $(if $(MAX_REPS),--max-reps $(MAX_REPS)) || exit 1; \
+	  $(SIMSTUDY) run $$spec --jobs $(JOBS) $(if $(MAX_REPS),--max-reps $(MAX_REPS)) \
+	    $(if $(MAX_N),--max-n $(MAX_N)) || exit 1; \
 	  specs="$$specs $$spec"; \
 	done; \
 	$(SIMSTUDY) report $$specs --out results

@@ -497,8 +497,8 @@ class StudySpec:
         """Every condition, in file order: fits, then protocols, then n."""
         return list(self._conditions)
 
-    def condition_ids(self) -> frozenset[str]:
-        return frozenset(c.condition_id for c in self._conditions)
+    def condition_ids(self, max_n: int | None = None) -> frozenset[str]:
+        return frozenset(c.condition_id for c in self._staged(max_n))
 
     def condition(self, condition_id: str) -> Condition:
         """Look a condition up by id (a unique prefix is accepted)."""
@@ -527,21 +527,27 @@ class StudySpec:
             design_hash=content_hash(cond.content["design"]),
         )
 
-    def n_tasks(self, max_reps: int | None = None) -> int:
-        """Number of tasks (of replications below ``max_reps`` when given)."""
-        reps = self.replications if max_reps is None else min(max_reps, self.replications)
-        return len(self._conditions) * reps
+    def _staged(self, max_n: int | None):
+        return [c for c in self._conditions if max_n is None or c.n <= max_n]
 
-    def iter_tasks(self, max_reps: int | None = None) -> Iterator[Task]:
+    def n_tasks(self, max_reps: int | None = None, max_n: int | None = None) -> int:
+        """Number of tasks (of replications below ``max_reps`` and n <= ``max_n`` when given)."""
+        reps = self.replications if max_reps is None else min(max_reps, self.replications)
+        return len(self._staged(max_n)) * reps
+
+    def iter_tasks(self, max_reps: int | None = None,
+                   max_n: int | None = None) -> Iterator[Task]:
         """Every task, made one at a time: conditions x replications, replication-major.
 
         Replication-major order means a run stopped part-way (a time limit, a killed session)
         leaves whole replications of every condition, a balanced design across n and fits,
-        rather than some conditions complete and others empty.
+        rather than some conditions complete and others empty. ``max_reps`` and ``max_n`` stage
+        a run: only replications below ``max_reps`` of the conditions with n <= ``max_n``.
         """
         reps = self.replications if max_reps is None else min(max_reps, self.replications)
+        conditions = self._staged(max_n)
         for r in range(reps):
-            for c in self._conditions:
+            for c in conditions:
                 yield self.make_task(c, r)
 
     def tasks(self) -> list[Task]:
