@@ -38,6 +38,7 @@ __all__ = [
     "ExpertFFN",
     "SparseMoE",
     "DenseMaskedMoE",
+    "ActiveFlopsFFN",
     "dense_weights",
 ]
 
@@ -211,6 +212,10 @@ class Router(nn.Module):
         One of :data:`VARIANTS`.
     bias : bool
         Whether the router has a bias c.
+    select_on_slope : bool
+        Choose the top-K set on ``W h`` without the bias (weights still from ``W h + c``): the
+        statistical model's rule (:func:`simstudy.model.log_gating_weights`), ties to the lower
+        index. Only for the top-k variants with a bias.
 
     Notes
     -----
@@ -229,8 +234,13 @@ class Router(nn.Module):
         k: int,
         variant: str = "topk_softmax",
         bias: bool = False,
+        select_on_slope: bool = False,
     ):
         super().__init__()
+        if select_on_slope and (not bias or variant not in ("topk_softmax", "noisy_topk")):
+            raise ValueError("select_on_slope: needs bias=True and a topk_softmax/noisy_topk "
+                             f"variant, got bias={bias}, variant={variant!r}")
+        self.select_on_slope = bool(select_on_slope)
         if isinstance(hidden, bool) or int(hidden) != hidden or hidden < 1:
             raise ValueError(f"hidden: must be an integer >= 1, got {hidden!r}")
         if isinstance(n_experts, bool) or int(n_experts) != n_experts or n_experts < 1:
@@ -249,17 +259,25 @@ class Router(nn.Module):
         """Route tokens ``h`` of shape (T, hidden)."""
         clean = self.gate(h)
         zero = clean.new_zeros(())
+        # the statistical rule selects on the slope part; the offset cancels from the noise
+        offset = self.gate.bias if self.select_on_slope else None
+        sel = None if offset is None else clean - offset
+        stable = self.select_on_slope
         if self.variant != "noisy_topk":
-            idx, w = route(clean, self.k, self.variant)
+            idx, w = route(clean, self.k, self.variant, selection_logits=sel, stable=stable)
             return RouterOutput(idx, w, clean, zero)
         if self.training:
             noise_std = F.softplus(self.noise(h))
             noisy = clean + torch.randn_like(clean) * noise_std
-            idx, w = route(noisy, self.k, "topk_softmax")
-            load = noisy_topk_load(clean, noisy, noise_std, self.k)
+            nsel = None if offset is None else noisy - offset
+            idx, w = route(noisy, self.k, "topk_softmax", selection_logits=nsel, stable=stable)
+            if offset is None:
+                load = noisy_topk_load(clean, noisy, noise_std, self.k)
+            else:
+                load = noisy_topk_load(sel, nsel, noise_std, self.k)
         else:
             noisy = clean
-            idx, w = route(clean, self.k, "topk_softmax")
+            idx, w = route(clean, self.k, "topk_softmax", selection_logits=sel, stable=stable)
             load = torch.bincount(idx.reshape(-1), minlength=self.n_experts).to(clean.dtype)
         importance = dense_weights(idx, w, self.n_experts).sum(dim=0)
         return RouterOutput(idx, w, noisy, load_balancing_loss(importance, load))
@@ -312,6 +330,18 @@ class _MoEBase(nn.Module):
         self.router = Router(hidden, n_experts, k, variant, bias=router_bias)
         self.experts = ExpertFFN(n_experts, hidden, ffn)
 
+    @classmethod
+    def sharing(cls, other: _MoEBase) -> _MoEBase:
+        """A layer of this class holding the very same router and experts as ``other``.
+
+        No weights are copied (a benchmark compares layers on identical weights without
+        doubling their memory).
+        """
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.router, layer.experts = other.router, other.experts
+        return layer
+
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, RouterOutput]:
         """Mix the experts on tokens ``h`` (T, hidden) or (..., hidden).
 
@@ -360,3 +390,33 @@ class DenseMaskedMoE(_MoEBase):
     def _mix(self, h: torch.Tensor, r: RouterOutput) -> torch.Tensor:
         all_out = self.experts.all_experts(h)  # (E, T, hidden)
         return torch.einsum("te,eth->th", r.dense(), all_out)
+
+
+class ActiveFlopsFFN(nn.Module):
+    """Dispatch-overhead baseline: the router, then one dense FFN of inner width ``k * ffn``.
+
+    Every token runs through the same two-layer GELU FFN whose inner width is the sum of the
+    inner widths of its K selected experts, so its multiply-adds per token equal those of a
+    :class:`SparseMoE` token (router included); what it lacks is the dispatch (top-k, grouping
+    by expert, gather, scatter-add). The router's weights only feed an added zero, so its cost
+    is counted and its output ignored.
+
+    Parameters
+    ----------
+    hidden, ffn, n_experts, k, variant : as :class:`SparseMoE`.
+    """
+
+    def __init__(self, hidden: int, ffn: int, n_experts: int, k: int,
+                 variant: str = "topk_softmax"):
+        super().__init__()
+        self.router = Router(hidden, n_experts, k, variant)
+        self.ffn = ExpertFFN(1, hidden, self.router.k * int(ffn))
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, RouterOutput]:
+        shape = h.shape
+        flat = h.reshape(-1, shape[-1])
+        r = self.router(flat)
+        # the routing weights enter the output (times zero) so that, under autograd, the
+        # router's backward runs as it does in the sparse layer
+        out = self.ffn.expert(0, flat) + 0.0 * r.weights.sum(dim=1, keepdim=True)
+        return out.reshape(shape), r
