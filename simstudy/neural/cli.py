@@ -9,6 +9,7 @@ import importlib
 # needed when a neural benchmark actually runs
 BENCHMARKS = {
     "routers": "simstudy.neural.routers_bench",
+    "bridge": "simstudy.neural.bridge_bench",
     "jei-dnn": "simstudy.neural.jei_dnn.bench",
     "phatgoose": "simstudy.neural.phatgoose.bench",
 }
