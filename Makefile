@@ -38,6 +38,7 @@ study: install
 	for s in $(STUDY_SPECS); do $(SIMSTUDY) run $$s --jobs $(JOBS) || exit 1; done
 	$(SIMSTUDY) report $(STUDY_SPECS) --out results
 	$(SIMSTUDY) neural routers
+	$(SIMSTUDY) neural bridge
 	$(SIMSTUDY) neural jei-dnn
 	$(SIMSTUDY) neural phatgoose
 
@@ -46,6 +47,7 @@ study-quick: install
 	$(SIMSTUDY) run studies/ci.toml --jobs $(JOBS)
 	$(SIMSTUDY) report studies/ci.toml --out results/quick
 	$(SIMSTUDY) neural routers --quick --out results/quick/neural/routers
+	$(SIMSTUDY) neural bridge --quick --out results/quick/neural/routers
 	$(SIMSTUDY) neural jei-dnn --quick --out results/quick/neural/jei_dnn
 	$(SIMSTUDY) neural phatgoose --quick --out results/quick/neural/phatgoose
 

@@ -212,7 +212,8 @@ def fit_adam(
     batch: int = 256,
     max_steps: int = 4000,
     eval_every: int = 50,
-    patience: int = 3,
+    patience: int = 2,
+    min_lr_factor: float = 1 / 16,
     tol: float = 1e-6,
     aux_weight: float = 0.01,
     seed: int = 0,
@@ -221,9 +222,9 @@ def fit_adam(
 
     Every ``eval_every`` steps the full-data log-likelihood of the statistical model at the
     current parameters is computed; after ``patience`` evaluations without a relative
-    improvement of ``tol`` of the best, the step size halves, and the fit stops once it is
-    below ``lr / 64`` (a plateau schedule, so the minibatch noise settles). The best evaluated
-    parameters are returned.
+    improvement of ``tol`` of the best, the step size halves, and the fit stops once it has
+    reached ``lr * min_lr_factor`` (a plateau schedule, so the minibatch noise settles). The
+    best evaluated parameters are returned.
 
     Parameters
     ----------
@@ -232,7 +233,7 @@ def fit_adam(
         Starting point (shared with the EM).
     variant : str
         One of :data:`BRIDGE_VARIANTS`.
-    lr, batch, max_steps, eval_every, patience, tol : optimisation settings.
+    lr, batch, max_steps, eval_every, patience, min_lr_factor, tol : optimisation settings.
     aux_weight : float
         Weight of the noisy top-k load-balancing loss (Shazeer et al. use 0.01-0.1); ignored
         by the other variants (their auxiliary loss is zero).
@@ -243,6 +244,8 @@ def fit_adam(
         raise ValueError(f"lr: must be > 0, got {lr}")
     if not tol >= 0:
         raise ValueError(f"tol: must be >= 0, got {tol}")
+    if not 0 < min_lr_factor <= 1:
+        raise ValueError(f"min_lr_factor: must lie in (0, 1], got {min_lr_factor}")
     if not aux_weight >= 0:
         raise ValueError(f"aux_weight: must be >= 0, got {aux_weight}")
     batch = _check_positive_int("batch", batch)
@@ -293,7 +296,7 @@ def fit_adam(
                 best_ll, best_p = ll, p
             since += 1
         if since >= patience:
-            if cur_lr <= lr / 64:
+            if cur_lr <= lr * min_lr_factor * (1 + 1e-12):
                 converged = True
                 break
             cur_lr /= 2

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from simstudy.neural.common import set_threads, write_json, write_table
+from simstudy.neural.routers_readme import write_readme
 
 __all__ = ["main", "run_dataset", "summarise"]
 
@@ -93,6 +94,16 @@ def run_dataset(n: int, rep: int, args, log=print) -> list[dict]:
             log(f"n={n} rep={rep} {size}: reached best " + ", ".join(
                 f"{mm} {v:.2f}" for mm, v in reach.items()), flush=True)
     return rows
+
+
+def _warm_up() -> None:
+    """Compile the EM's numba kernels (cached) before anything is timed."""
+    from simstudy.model import get_design, sample
+    from simstudy.neural.bridge import fit_em, kmeans_start
+
+    design = get_design("T")
+    X, y = sample(design.params, 200, design.inputs, _rng(0))
+    fit_em(X, y, kmeans_start(X, y, 3, 2, _rng(1)), max_iter=5)
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
@@ -192,12 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes (<= 1 minute)")
     p.add_argument("--out", default="results/neural/routers")
     p.add_argument("--n", type=_positive_ints, default=[1000, 4000, 16000])
-    p.add_argument("--reps", type=int, default=3, help="data sets per n")
-    p.add_argument("--random-starts", type=int, default=3)
-    p.add_argument("--kmeans-starts", type=int, default=3)
+    p.add_argument("--reps", type=int, default=2, help="data sets per n")
+    p.add_argument("--random-starts", type=int, default=2)
+    p.add_argument("--kmeans-starts", type=int, default=2)
     p.add_argument("--lr", type=float, default=0.05, help="Adam step size")
     p.add_argument("--batch", type=int, default=256, help="Adam minibatch size")
-    p.add_argument("--adam-steps", type=int, default=3000, help="Adam steps at most")
+    p.add_argument("--adam-steps", type=int, default=2000, help="Adam steps at most")
     p.add_argument("--aux-weight", type=float, default=0.01,
                    help="weight of the noisy top-k load-balancing loss")
     p.add_argument("--em-iter", type=int, default=3000, help="EM (SQUAREM) iterations at most")
@@ -213,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
         args.n, args.reps, args.random_starts, args.kmeans_starts = [500, 2000], 1, 1, 1
-        args.adam_steps, args.em_iter = 800, 1000
+        args.adam_steps, args.em_iter = 600, 1000
     for name in ("reps", "batch", "adam_steps", "em_iter"):
         if getattr(args, name) < 1:
             raise ValueError(f"{name}: must be >= 1, got {getattr(args, name)}")
@@ -227,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    _warm_up()
     t0, load0 = time.perf_counter(), os.getloadavg()
     rows = []
     for n in args.n:
@@ -245,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(), "settings": {k: v for k, v in vars(args).items()
                                                   if k != "verbose"},
     })
+    write_readme(out)
     if args.verbose:
         print(f"bridge done in {seconds:.1f} s -> {out}")
     return 0

@@ -57,6 +57,7 @@ import torch
 
 from simstudy.neural.common import set_threads, write_json, write_table
 from simstudy.neural.routers import ActiveFlopsFFN, DenseMaskedMoE, SparseMoE
+from simstudy.neural.routers_readme import write_readme
 
 __all__ = [
     "LAYERS",
@@ -580,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         "consistency_ok": bool(cons["ok"].all()) if len(cons) else None,
         "max_rel_diff": float(max(grid["rel_diff"].max(), sweep["rel_diff"].max())),
     })
+    write_readme(out)
     say(f"routers benchmark done in {seconds:.1f} s (load average {load0[0]:.1f} -> "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) -> {out}")
     return 0
