@@ -443,3 +443,18 @@ def test_dense_cap_skips_only_the_dense_masked_timing():
     assert row["dense_masked_skipped"] and math.isnan(row["speedup"])
     assert set(raw["layer"]) == {"sparse", "dense_ffn"}
     assert row["rel_diff"] < 1e-5  # still checked against the reference on 512 tokens
+
+
+def test_group_times_every_k_in_the_same_rounds_on_shared_weights():
+    from simstudy.neural.routers_bench import _layers, benchmark_group
+
+    layers = _layers(8, [1, 2, 4], 16, 16, seed=0)
+    experts = {id(m.experts) for (n, _), m in layers.items() if n != "dense_ffn"}
+    gates = {id(m.router.gate) for m in layers.values()}
+    assert len(experts) == 1 and len(gates) == 1
+    assert [layers["sparse", K].router.k for K in (1, 2, 4)] == [1, 2, 4]
+    rows, raw = benchmark_group(8, [1, 2, 4], 16, 128, "forward", 5, 1e-4, memory=False)
+    assert [r["K"] for r in rows] == [1, 2, 4]
+    assert all(r["rel_diff"] < 1e-5 for r in rows)
+    assert len(raw) == 3 * 3 * 5
+    assert set(raw.groupby(["layer", "K"]).size()) == {5}

@@ -25,9 +25,11 @@ plus backward (``torch.autograd.grad`` of a fixed random cotangent with respect 
 every parameter).
 
 Noise check: the dense-masked layer computes all E experts whatever K is, so its tokens/s must
-agree across the K rows of one (E, hidden, tokens) configuration; :func:`consistency` prints
-the spread (max / min of the medians) and flags configurations whose spread exceeds
-``--consistency-tol``.
+agree across the K rows of one (E, hidden, tokens) configuration. The K values of a
+configuration are timed in the same alternated rounds (:func:`benchmark_group`), so a drift of
+the machine's load between configurations cannot fake or hide a disagreement;
+:func:`consistency` prints the spread (max / min of the medians) and flags configurations whose
+spread exceeds ``--consistency-tol``.
 
 Peak memory: torch on CPU keeps no allocator statistics, so the peak is measured with
 ``torch.profiler`` (``profile_memory=True``): every allocation and free of one forward pass is
@@ -56,7 +58,7 @@ import pandas as pd
 import torch
 
 from simstudy.neural.common import set_threads, write_json, write_table
-from simstudy.neural.routers import ActiveFlopsFFN, DenseMaskedMoE, SparseMoE
+from simstudy.neural.routers import ActiveFlopsFFN, DenseMaskedMoE, Router, SparseMoE
 from simstudy.neural.routers_readme import write_readme
 
 __all__ = [
@@ -68,6 +70,7 @@ __all__ = [
     "time_alternated",
     "summarise_runs",
     "benchmark_config",
+    "benchmark_group",
     "consistency",
 ]
 
@@ -208,13 +211,23 @@ def summarise_runs(times: dict[str, np.ndarray], tokens: int, E: int, K: int) ->
     return row
 
 
-def _layers(E: int, K: int, hidden: int, ffn: int, seed: int):
+def _layers(E: int, Ks, hidden: int, ffn: int, seed: int) -> dict[tuple[str, int], object]:
+    """The three layers for every K, all sharing one set of expert weights and router weights
+    (only the number of selected experts differs between the K values)."""
     torch.manual_seed(seed)
-    sparse = SparseMoE(hidden, ffn, E, K).eval()
-    dense = DenseMaskedMoE.sharing(sparse).eval()
-    base = ActiveFlopsFFN(hidden, ffn, E, K).eval()
-    base.router = sparse.router  # the very same router in all three
-    return {"sparse": sparse, "dense_masked": dense, "dense_ffn": base}
+    first = SparseMoE(hidden, ffn, E, Ks[0]).eval()
+    out = {}
+    for K in Ks:
+        sparse = first if K == Ks[0] else SparseMoE.sharing(first)
+        if K != Ks[0]:
+            sparse.router = Router(hidden, E, K)
+            sparse.router.gate = first.router.gate
+        sparse.eval()
+        dense = DenseMaskedMoE.sharing(sparse).eval()
+        base = ActiveFlopsFFN(hidden, ffn, E, K).eval()
+        base.router = sparse.router  # the very same router in all three
+        out.update({("sparse", K): sparse, ("dense_masked", K): dense, ("dense_ffn", K): base})
+    return out
 
 
 def _callables(layers: dict, h: torch.Tensor, pass_: str) -> dict[str, Callable[[], object]]:
@@ -247,9 +260,9 @@ def dense_masked_gflop(E: int, hidden: int, ffn: int, tokens: int, pass_: str) -
     return fwd if pass_ == "forward" else 3.0 * fwd
 
 
-def benchmark_config(
+def benchmark_group(
     E: int,
-    K: int,
+    Ks,
     hidden: int,
     tokens: int,
     pass_: str,
@@ -260,49 +273,68 @@ def benchmark_config(
     memory: bool = True,
     dense_cap_gflop: float | None = None,
     seed: int = 0,
-) -> tuple[dict, pd.DataFrame]:
-    """Time (and measure the memory of) one configuration.
+) -> tuple[list[dict], pd.DataFrame]:
+    """Time (and measure the memory of) one (E, hidden, tokens, pass) for every K in ``Ks``.
 
-    The dense-masked layer is left out (its columns NaN, ``dense_masked_skipped`` true) when one
-    call would exceed ``dense_cap_gflop`` (None: never); the outputs are still compared with it
-    on the first 512 tokens. Returns the summary row and the raw per-run table (one row per
-    layer and run).
+    All 3 x len(Ks) layers are timed in the *same* alternated rounds, so that the K rows of the
+    dense-masked layer (which does the same work whatever K is) are measured side by side: their
+    agreement is then a check of the benchmark's own noise, not of a load that drifted between
+    configurations measured minutes apart. The dense-masked layer is left out (its columns NaN,
+    ``dense_masked_skipped`` true) when one call would exceed ``dense_cap_gflop`` (None: never);
+    the outputs are still compared with it on the first 512 tokens. Returns one summary row per K
+    and the raw per-run table (one row per layer, K and run).
     """
     if pass_ not in PASSES:
         raise ValueError(f"pass: unknown pass {pass_!r}; allowed: {list(PASSES)}")
+    Ks = [int(k) for k in Ks]
     ffn = max(1, int(round(ffn_mult * hidden)))
-    layers = _layers(E, K, hidden, ffn, seed)
+    layers = _layers(E, Ks, hidden, ffn, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     h = torch.randn(tokens, hidden, generator=gen)
     gflop = dense_masked_gflop(E, hidden, ffn, tokens, pass_)
     skip = dense_cap_gflop is not None and gflop > dense_cap_gflop
     check = h[:512] if skip else h
+    diffs = {}
     with torch.no_grad():
-        ys, _ = layers["sparse"](check)
-        yd, _ = layers["dense_masked"](check)
-    max_diff = float((ys - yd).abs().max())
-    scale = float(yd.abs().max())
-    timed = {n: m for n, m in layers.items() if not (skip and n == "dense_masked")}
-    # forward: the check above was the dense-masked layer's warm-up
-    times = time_alternated(_callables(timed, h, pass_), runs, min_run_s, threads,
+        for K in Ks:
+            ys, _ = layers["sparse", K](check)
+            yd, _ = layers["dense_masked", K](check)
+            scale = float(yd.abs().max())
+            diffs[K] = float((ys - yd).abs().max()) / (scale or 1.0)
+    timed = {k: m for k, m in layers.items() if not (skip and k[0] == "dense_masked")}
+    calls = _callables({f"{n}/K={K}": m for (n, K), m in timed.items()}, h, pass_)
+    # forward: the check above was the dense-masked layers' warm-up
+    times = time_alternated(calls, runs, min_run_s, threads,
                             warmup=0 if pass_ == "forward" and not skip else 1)
-    row = {"E": E, "K": K, "hidden": hidden, "ffn": ffn, "tokens": tokens, "pass": pass_,
-           "runs": runs, "dense_masked_gflop": gflop, "dense_masked_skipped": skip,
-           **summarise_runs(times, tokens, E, K),
-           "rel_diff": max_diff / scale if scale else max_diff}
-    if memory:
-        with torch.no_grad():
-            mem = {n: peak_forward_memory(lambda m=m: m(h)) for n, m in timed.items()}
-        for n in LAYERS:
-            row[f"peak_MiB_{n}"] = mem[n] / 2**20 if n in mem else float("nan")
-        row["memory_ratio"] = (mem["sparse"] / mem["dense_masked"]
-                               if mem.get("dense_masked") else float("nan"))
+    rows = []
+    for K in Ks:
+        per = {n: times[f"{n}/K={K}"] for n in LAYERS if f"{n}/K={K}" in times}
+        row = {"E": E, "K": K, "hidden": hidden, "ffn": ffn, "tokens": tokens, "pass": pass_,
+               "runs": runs, "dense_masked_gflop": gflop, "dense_masked_skipped": skip,
+               **summarise_runs(per, tokens, E, K), "rel_diff": diffs[K]}
+        if memory:
+            with torch.no_grad():
+                mem = {n: peak_forward_memory(lambda m=timed[n, K]: m(h))
+                       for n in LAYERS if (n, K) in timed}
+            for n in LAYERS:
+                row[f"peak_MiB_{n}"] = mem[n] / 2**20 if n in mem else float("nan")
+            row["memory_ratio"] = (mem["sparse"] / mem["dense_masked"]
+                                   if mem.get("dense_masked") else float("nan"))
+        rows.append(row)
     raw = pd.DataFrame([
-        {"E": E, "K": K, "hidden": hidden, "tokens": tokens, "pass": pass_, "layer": n,
-         "run": r, "seconds_per_call": float(t[r]), "tokens_per_s": tokens / float(t[r])}
-        for n, t in times.items() for r in range(runs)
+        {"E": E, "K": int(name.split("=")[1]), "hidden": hidden, "tokens": tokens,
+         "pass": pass_, "layer": name.split("/")[0], "run": r,
+         "seconds_per_call": float(t[r]), "tokens_per_s": tokens / float(t[r])}
+        for name, t in times.items() for r in range(runs)
     ])
-    return row, raw
+    return rows, raw
+
+
+def benchmark_config(E: int, K: int, hidden: int, tokens: int, pass_: str, runs: int,
+                     min_run_s: float, **kw) -> tuple[dict, pd.DataFrame]:
+    """:func:`benchmark_group` for a single K: one summary row and the raw runs."""
+    rows, raw = benchmark_group(E, [K], hidden, tokens, pass_, runs, min_run_s, **kw)
+    return rows[0], raw
 
 
 def consistency(df: pd.DataFrame, tol: float) -> pd.DataFrame:
@@ -526,33 +558,39 @@ def main(argv: list[str] | None = None) -> int:
     t0, load0 = time.perf_counter(), os.getloadavg()
     say = print if args.verbose else (lambda *a, **k: None)
 
-    def run(configs, memory):
+    def run(groups, memory):
         rows, raws = [], []
-        for i, (E, K, H, T, p) in enumerate(configs):
-            row, raw = benchmark_config(E, K, H, T, p, args.runs, args.min_run, args.ffn_mult,
-                                        args.threads, memory=memory and p == "forward",
-                                        dense_cap_gflop=args.dense_cap or None, seed=i)
-            rows.append(row)
+        for i, (E, Ks, H, T, p) in enumerate(groups):
+            got, raw = benchmark_group(E, Ks, H, T, p, args.runs, args.min_run, args.ffn_mult,
+                                       args.threads, memory=memory and p == "forward",
+                                       dense_cap_gflop=args.dense_cap or None, seed=i)
+            rows += got
             raws.append(raw)
-            if row["dense_masked_skipped"]:
-                say(f"E={E:3d} K={K} hidden={H:5d} tokens={T:6d} {p:16s}: dense-masked "
-                    f"skipped ({row['dense_masked_gflop']:.0f} GFLOP per call > --dense-cap), "
-                    f"dispatch eff. {row['dispatch_efficiency']:.2f}", flush=True)
-                continue
-            say(f"E={E:3d} K={K} hidden={H:5d} tokens={T:6d} {p:16s}: speed-up "
-                f"{row['speedup']:6.2f} [{row['speedup_q25']:.2f}, {row['speedup_q75']:.2f}] "
-                f"(E/K {E / K:g}), dispatch eff. {row['dispatch_efficiency']:.2f}, "
-                f"rel diff {row['rel_diff']:.1e}", flush=True)
+            for row in got:
+                K = row["K"]
+                if row["dense_masked_skipped"]:
+                    say(f"E={E:3d} K={K} hidden={H:5d} tokens={T:6d} {p:16s}: dense-masked "
+                        f"skipped ({row['dense_masked_gflop']:.0f} GFLOP per call > "
+                        f"--dense-cap), dispatch eff. {row['dispatch_efficiency']:.2f}",
+                        flush=True)
+                    continue
+                say(f"E={E:3d} K={K} hidden={H:5d} tokens={T:6d} {p:16s}: speed-up "
+                    f"{row['speedup']:6.2f} [{row['speedup_q25']:.2f}, "
+                    f"{row['speedup_q75']:.2f}] (E/K {E / K:g}), dispatch eff. "
+                    f"{row['dispatch_efficiency']:.2f}, rel diff {row['rel_diff']:.1e}",
+                    flush=True)
         return pd.DataFrame(rows), pd.concat(raws, ignore_index=True)
 
     # process warm-up (lazy initialisation, first allocations), untimed
-    benchmark_config(8, 2, 64, 256, "forward", 1, 0.001, memory=False)
-    grid_cfg = [(E, K, H, args.tokens, "forward")
-                for E, K, H in itertools.product(args.experts, args.k, args.hidden) if K <= E]
-    sweep_cfg = [(E, args.sweep_k, args.sweep_hidden, T, p)
+    benchmark_group(8, [2], 64, 256, "forward", 1, 0.001, memory=False)
+    grid_cfg = [(E, [K for K in args.k if K <= E], H, args.tokens, "forward")
+                for E, H in itertools.product(args.experts, args.hidden)]
+    grid_cfg = [g for g in grid_cfg if g[1]]
+    sweep_cfg = [(E, [args.sweep_k], args.sweep_hidden, T, p)
                  for E in args.sweep_experts if args.sweep_k <= E
                  for p in PASSES for T in args.sweep_tokens]
-    say(f"grid: {len(grid_cfg)} configurations, {args.tokens} tokens, forward")
+    say(f"grid: {sum(len(g[1]) for g in grid_cfg)} configurations in {len(grid_cfg)} groups "
+        f"(the K values of a group timed in the same rounds), {args.tokens} tokens, forward")
     grid, raw_g = run(grid_cfg, memory=True)
     say(f"token sweep: {len(sweep_cfg)} configurations")
     sweep, raw_s = run(sweep_cfg, memory=True)
