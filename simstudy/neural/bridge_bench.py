@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from simstudy.neural.common import set_threads, write_json, write_table
+from simstudy.neural.routers_bench import positive_ints
 from simstudy.neural.routers_readme import write_readme
 
 __all__ = ["main", "run_dataset", "summarise"]
@@ -185,24 +186,13 @@ def _figures(summary: pd.DataFrame, out: Path) -> None:
     plt.close(fig)
 
 
-def _positive_ints(text: str) -> list[int]:
-    try:
-        vals = [int(float(v)) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return vals
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="simstudy neural bridge",
         description="Router variants trained by minibatch Adam vs the EM on design T data.")
     p.add_argument("--quick", action="store_true", help="tiny sizes (<= 1 minute)")
     p.add_argument("--out", default="results/neural/routers")
-    p.add_argument("--n", type=_positive_ints, default=[1000, 4000, 16000])
+    p.add_argument("--n", type=positive_ints, default=[1000, 4000, 16000])
     p.add_argument("--reps", type=int, default=2, help="data sets per n")
     p.add_argument("--random-starts", type=int, default=2)
     p.add_argument("--kmeans-starts", type=int, default=2)

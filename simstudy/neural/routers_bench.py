@@ -72,6 +72,7 @@ __all__ = [
     "benchmark_config",
     "benchmark_group",
     "consistency",
+    "positive_ints",
 ]
 
 LAYERS = ("sparse", "dense_masked", "dense_ffn")
@@ -485,7 +486,8 @@ def figure_efficiency(grid: pd.DataFrame, sweep: pd.DataFrame, path: Path) -> No
 
 
 # -- the CLI ----------------------------------------------------------------------------------
-def _positive_ints(text: str) -> list[int]:
+def positive_ints(text: str) -> list[int]:
+    """argparse type: comma-separated integers >= 1."""
     try:
         vals = [int(float(v)) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -505,14 +507,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes (<= 1 minute)")
     p.add_argument("--out", default="results/neural/routers")
-    p.add_argument("--experts", type=_positive_ints, default=[8, 64], help="grid: E values")
-    p.add_argument("--k", type=_positive_ints, default=[1, 2, 4], help="grid: K values")
-    p.add_argument("--hidden", type=_positive_ints, default=[128, 256, 512, 1024],
+    p.add_argument("--experts", type=positive_ints, default=[8, 64], help="grid: E values")
+    p.add_argument("--k", type=positive_ints, default=[1, 2, 4], help="grid: K values")
+    p.add_argument("--hidden", type=positive_ints, default=[128, 256, 512, 1024],
                    help="grid: hidden sizes")
     p.add_argument("--tokens", type=int, default=512, help="grid: tokens per batch")
-    p.add_argument("--sweep-tokens", type=_positive_ints,
+    p.add_argument("--sweep-tokens", type=positive_ints,
                    default=[512, 1024, 2048, 4096, 8192, 16384], help="token sweep")
-    p.add_argument("--sweep-experts", type=_positive_ints, default=[8, 64],
+    p.add_argument("--sweep-experts", type=positive_ints, default=[8, 64],
                    help="token sweep: E values (K = --sweep-k, hidden = --sweep-hidden)")
     p.add_argument("--sweep-k", type=int, default=2)
     p.add_argument("--sweep-hidden", type=int, default=256)

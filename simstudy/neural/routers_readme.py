@@ -27,6 +27,17 @@ def _iqr(row, col: str, digits: int = 1) -> str:
     return f"{row[col]:.{digits}f} [{row[col + '_q25']:.{digits}f}, {row[col + '_q75']:.{digits}f}]"
 
 
+def _readable(df: pd.DataFrame) -> pd.DataFrame:
+    """Median [IQR] text columns of the ratios."""
+    g = df.copy()
+    g["speed-up"] = [_iqr(r, "speedup") for _, r in g.iterrows()]
+    g["ffn"] = [_iqr(r, "ffn_speedup") for _, r in g.iterrows()]
+    g["dispatch eff."] = [_iqr(r, "dispatch_efficiency", 2) for _, r in g.iterrows()]
+    g["efficiency"] = g["efficiency"].round(2)
+    g["E/K"] = g["ideal"].map(lambda v: f"{v:g}")
+    return g
+
+
 def _load_text(run: dict) -> str:
     ls, le = run["load_start"], run["load_end"]
     return (f"load average {ls[0]:.1f} (5 min {ls[1]:.1f}) at the start and {le[0]:.1f} at the "
@@ -80,23 +91,13 @@ def _throughput(out: Path) -> str:
             lines.append(f"\n**{len(bad)} of {len(cons)} configurations disagree by more than "
                          f"the tolerance (worst spread {worst:.2f}x): those rows are "
                          "noise-dominated on this machine; rerun on a quiet one.**\n")
-    g = grid.copy()
-    g["speed-up"] = [_iqr(r, "speedup") for _, r in g.iterrows()]
-    g["ffn"] = [_iqr(r, "ffn_speedup") for _, r in g.iterrows()]
-    g["dispatch eff."] = [_iqr(r, "dispatch_efficiency", 2) for _, r in g.iterrows()]
-    g["efficiency"] = g["efficiency"].round(2)
-    g["E/K"] = g["ideal"].map(lambda v: f"{v:g}")
+    g = _readable(grid)
     lines.append(f"### Grid: E x K x hidden, {int(grid['tokens'].iloc[0])} tokens, forward\n")
     lines.append(to_markdown(g[["E", "K", "hidden", "E/K", "speed-up", "ffn", "dispatch eff.",
                                 "efficiency", "memory_ratio", "rel_diff"]]))
     lines.append("\n![grid](throughput.png)\n")
     if sweep is not None and len(sweep):
-        s = sweep.copy()
-        s["speed-up"] = [_iqr(r, "speedup") for _, r in s.iterrows()]
-        s["ffn"] = [_iqr(r, "ffn_speedup") for _, r in s.iterrows()]
-        s["dispatch eff."] = [_iqr(r, "dispatch_efficiency", 2) for _, r in s.iterrows()]
-        s["efficiency"] = s["efficiency"].round(2)
-        s["E/K"] = s["ideal"].map(lambda v: f"{v:g}")
+        s = _readable(sweep)
         lines.append("### Token sweep (hidden = "
                      f"{int(sweep['hidden'].iloc[0])}, K = {int(sweep['K'].iloc[0])})\n")
         lines.append("`skipped`: one dense-masked call would exceed the `--dense-cap` of "
