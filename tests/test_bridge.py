@@ -182,3 +182,6 @@ def test_bridge_benchmark_tiny_run(tmp_path):
     summary = pd.read_csv(tmp_path / "bridge_summary.csv")
     assert ((summary["reach_best"] >= 0) & (summary["reach_best"] <= 1)).all()
     assert (tmp_path / "bridge_losses.png").exists() and (tmp_path / "bridge_reach.png").exists()
+    readme = (tmp_path / "README.md").read_text()
+    assert "reaches the best optimum" in readme.replace("*", "")
+    assert "Not run yet: `python -m simstudy neural routers`" in readme

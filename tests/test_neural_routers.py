@@ -432,6 +432,8 @@ def test_routers_benchmark_tiny_run(tmp_path, capfd):
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["runs"] == 5 and len(run["load_start"]) == 3
     assert "SyncActivityProfilerHandler" not in capfd.readouterr().err
+    readme = (tmp_path / "README.md").read_text()
+    assert "Noise check" in readme and "Not run yet: `python -m simstudy neural bridge`" in readme
     with pytest.raises(ValueError, match="runs: at least 5"):
         main(args[:-6] + ["--runs", "3"])
 
@@ -458,3 +460,11 @@ def test_group_times_every_k_in_the_same_rounds_on_shared_weights():
     assert all(r["rel_diff"] < 1e-5 for r in rows)
     assert len(raw) == 3 * 3 * 5
     assert set(raw.groupby(["layer", "K"]).size()) == {5}
+
+
+def test_neural_cli_bad_option_is_one_line(capsys):
+    from simstudy.neural.cli import main
+
+    assert main(["bridge", "--reps", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "simstudy neural bridge: reps: must be >= 1, got 0"

@@ -251,7 +251,9 @@ def render(results: Sequence[dict], run: dict, df: pd.DataFrame, md: dict,
         "the token's governing domain (held-in: the task's own expert; held-out: the domain the "
         "token comes from). Must be well above chance held-in for routing to mean anything.\n\n"
         + routing_sentence(mod_in, chance) + "\n![routing accuracy](routing_accuracy.png)\n\n"
-        + md["routing"],
+        + md["routing"] + "\nRouting entropy (0 = one expert per token, 1 = uniform; mean "
+        "over modules and tasks) and Retrieval's hit rate:\n\n"
+        + md["entropy"],
         "\n## Template-fraction sweep\n\nThe whole pipeline (experts, gates, multitask) "
         "retrained at each template fraction on the same base model.\n\n"
         + md["sweep"] + "\n![template sweep](template_sweep.png)\n",

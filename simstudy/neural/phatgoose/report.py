@@ -140,6 +140,26 @@ def module_accuracy_table(mod_in: pd.DataFrame, mod_out: pd.DataFrame, chance: f
     return out.fillna("")
 
 
+def entropy_table(results: Sequence[dict]) -> pd.DataFrame:
+    """Mean normalised routing entropy (over modules and tasks; 0 = one expert, 1 = uniform)
+    per router, and Retrieval's share of sequences sent to an expert of their own domains."""
+    rows = []
+    for m, lab in ROUTER_LABELS.items():
+        row = {"router": f"{lab}: normalised routing entropy"}
+        for split in ("held_in", "held_out"):
+            vals = [np.mean([r["routing"][m][t]["mean_entropy"] for t in r[split]])
+                    for r in results]
+            row[split.replace("_", "-")] = pm(vals, scale=1.0, digits=3)
+        rows.append(row)
+    row = {"router": "Retrieval: share of sequences sent to an expert of their own domains"}
+    for split in ("held_in", "held_out"):
+        vals = [np.mean([r["routing"]["retrieval"][t]["constituent_share"] for t in r[split]])
+                for r in results]
+        row[split.replace("_", "-")] = pm(vals, scale=1.0, digits=3)
+    rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def paired_difference(avg: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     """Per (fraction, seed): accuracy of method ``a`` minus method ``b`` (same seed)."""
     w = avg.pivot_table(index=["fraction", "seed"], columns="method", values="accuracy")
@@ -428,6 +448,7 @@ def write_all(results: Sequence[dict], run: dict, out: Path, figures: bool = Tru
         out / "routing_accuracy_long.csv", index=False)
     md["routing"] = _write(module_accuracy_table(mod_in, mod_out, chance), out,
                            "routing_accuracy")
+    md["entropy"] = _write(entropy_table(main_results), out, "routing_entropy")
     md["sweep"] = _write(sweep_table(df), out, "template_sweep")
     gst = gate_sweep_table(results)
     md["gate_sweep"] = _write(gst, out, "gate_steps")
