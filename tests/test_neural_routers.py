@@ -156,9 +156,9 @@ def test_sparse_layer_never_runs_unselected_experts():
     calls = []
     orig = layer.experts.expert
 
-    def spy(e, h):
+    def spy(e, h, *rest):
         calls.append((e, h.shape[0]))
-        return orig(e, h)
+        return orig(e, h, *rest)
 
     layer.experts.expert = spy
     h = torch.rand(10, 4, dtype=torch.float64) + 0.1
@@ -468,3 +468,18 @@ def test_neural_cli_bad_option_is_one_line(capsys):
     assert main(["bridge", "--reps", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "simstudy neural bridge: reps: must be >= 1, got 0"
+
+
+@pytest.mark.parametrize("E,K,T", [(8, 2, 50), (16, 1, 7), (4, 4, 33)])
+def test_sparse_backward_matches_dense_masked(E, K, T):
+    torch.manual_seed(E + K)
+    sparse = SparseMoE(6, 5, E, K).double()
+    dense = DenseMaskedMoE.sharing(sparse)
+    h = torch.randn(T, 6, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(T, 6, dtype=torch.float64)
+    params = [h, *sparse.parameters()]
+    gs = torch.autograd.grad(sparse(h)[0], params, g, allow_unused=True)
+    gd = torch.autograd.grad(dense(h)[0], params, g, allow_unused=True)
+    for a, b in zip(gs, gd, strict=True):
+        a = torch.zeros_like(b) if a is None else a
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

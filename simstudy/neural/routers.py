@@ -306,9 +306,25 @@ class ExpertFFN(nn.Module):
     def n_experts(self) -> int:
         return self.w1.shape[0]
 
-    def expert(self, e: int, h: torch.Tensor) -> torch.Tensor:
-        """Output of expert ``e`` on tokens ``h`` (n, hidden)."""
-        return F.gelu(h @ self.w1[e] + self.b1[e]) @ self.w2[e] + self.b2[e]
+    def expert(self, e: int, h: torch.Tensor, unbound=None) -> torch.Tensor:
+        """Output of expert ``e`` on tokens ``h`` (n, hidden).
+
+        ``unbound`` (from :meth:`unbound`) supplies the expert's weights when many experts run
+        in one pass.
+        """
+        w1, b1, w2, b2 = unbound[e] if unbound is not None else \
+            (self.w1[e], self.b1[e], self.w2[e], self.b2[e])
+        return F.gelu(h @ w1 + b1) @ w2 + b2
+
+    def unbound(self) -> list[tuple[torch.Tensor, ...]]:
+        """Per expert ``(w1, b1, w2, b2)`` views from one ``unbind`` of each stacked weight.
+
+        Under autograd one unbind has a single backward that stacks the experts' gradients;
+        indexing ``w1[e]`` expert by expert would allocate a zero gradient of the whole stack
+        for every expert (E times the work).
+        """
+        return list(zip(self.w1.unbind(0), self.b1.unbind(0), self.w2.unbind(0),
+                        self.b2.unbind(0), strict=True))
 
     def all_experts(self, h: torch.Tensor) -> torch.Tensor:
         """Every expert on every token, shape (E, T, hidden)."""
@@ -356,9 +372,9 @@ class _MoEBase(nn.Module):
 class SparseMoE(_MoEBase):
     """MoE layer that runs each token only through its K selected experts.
 
-    Tokens are grouped per expert (one sort of the T*K assignments), each expert runs once on
-    its gathered tokens, and the weighted outputs are scatter-added back; experts that receive
-    no token are skipped. The E - K unused outputs of a token are never computed.
+    Tokens are grouped per expert (one sort of the T*K assignments, one gather), each expert
+    runs once on its contiguous block of tokens, and the weighted outputs are scatter-added back
+    in one ``index_add``; experts that receive no token are skipped. The E - K unused outputs of a token are never computed.
     Parameters as :class:`DenseMaskedMoE` (same parameter names, so state dicts are shared).
     """
 
@@ -369,16 +385,14 @@ class SparseMoE(_MoEBase):
         token = torch.div(order, K, rounding_mode="floor")
         weight = r.weights.reshape(-1)[order]
         counts = torch.bincount(flat_expert, minlength=self.experts.n_experts).tolist()
-        out = torch.zeros_like(h)
-        start = 0
-        for e, c in enumerate(counts):
-            if c == 0:
-                continue
-            tok = token[start : start + c]
-            y = self.experts.expert(e, h.index_select(0, tok))
-            out.index_add_(0, tok, y * weight[start : start + c, None])
-            start += c
-        return out
+        # one gather, one split, one scatter-add: under autograd each has a single backward
+        # of size T*K (slicing or gathering per expert would allocate a full-size gradient
+        # for every expert, E times the work)
+        chunks = torch.split(h.index_select(0, token), counts)
+        unbound = self.experts.unbound()
+        ys = torch.cat([self.experts.expert(e, x, unbound) for e, x in enumerate(chunks)
+                        if len(x)])
+        return h.new_zeros(h.shape).index_add(0, token, ys * weight[:, None])
 
 
 class DenseMaskedMoE(_MoEBase):

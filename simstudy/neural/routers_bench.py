@@ -372,6 +372,15 @@ def _plt():
     return plt
 
 
+def _plain_log_ticks(ax, axis: str = "y") -> None:
+    """Label log-axis ticks as plain numbers (2, 5, 20, ...) rather than 2 x 10^0."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    a = ax.yaxis if axis == "y" else ax.xaxis
+    a.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    a.set_minor_formatter(NullFormatter())
+
+
 def _err(g: pd.DataFrame, col: str) -> np.ndarray:
     return np.vstack([g[col] - g[f"{col}_q25"], g[f"{col}_q75"] - g[col]])
 
@@ -396,6 +405,7 @@ def figure_grid(df: pd.DataFrame, path: Path) -> None:
         ax.set_xlabel("hidden size")
         ax.set_ylabel("tokens/s over the dense-masked layer")
         ax.set_title(f"E = {E} (dashed: ideal E/K)", fontsize=10)
+        _plain_log_ticks(ax)
         ax.legend(fontsize=6)
     ax = axes[-1]
     for (E, K), g in df.groupby(["E", "K"]):
@@ -431,9 +441,12 @@ def figure_tokens(df: pd.DataFrame, path: Path) -> None:
                              color=c, capsize=3, label=lab)
         axes[0].axhline(E / K, color=c, lw=0.8, ls=":")
     axes[0].set_yscale("log")
-    axes[0].set_ylabel("speed-up over dense-masked (dotted: E/K)")
+    _plain_log_ticks(axes[0])
+    axes[0].set_ylabel("speed-up over dense-masked")
+    axes[0].set_title("speed-up (dotted: E/K)", fontsize=9)
     axes[1].axhline(1.0, color="grey", lw=0.8)
-    axes[1].set_ylabel("dense FFN time / sparse time (1 = no dispatch overhead)")
+    axes[1].set_ylabel("dense FFN time / sparse time")
+    axes[1].set_title("dispatch efficiency (1 = no dispatch overhead)", fontsize=9)
     for ax in axes:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("tokens per batch")
@@ -527,8 +540,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--consistency-tol", type=float, default=0.25,
                    help="allowed relative spread of the dense-masked tokens/s across K")
+    p.add_argument("--replot", action="store_true",
+                   help="only redraw the figures and the README from the tables in --out")
     p.add_argument("-q", "--quiet", dest="verbose", action="store_false")
     return p
+
+
+def replot(out: Path) -> None:
+    """Redraw the figures and the README from ``throughput.csv`` and ``tokens.csv``."""
+    grid, sweep = pd.read_csv(out / "throughput.csv"), pd.read_csv(out / "tokens.csv")
+    figure_grid(grid, out / "throughput.png")
+    figure_tokens(sweep, out / "tokens.png")
+    figure_efficiency(grid, sweep, out / "efficiency.png")
+    write_readme(out)
 
 
 def _check_args(args) -> None:
@@ -549,6 +573,11 @@ def _check_args(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns 0 on success."""
     args = build_parser().parse_args(argv)
+    if args.replot:
+        if not (Path(args.out) / "throughput.csv").exists():
+            raise ValueError(f"replot: no throughput.csv in {args.out}; run the benchmark first")
+        replot(Path(args.out))
+        return 0
     if args.quick:
         args.experts, args.k, args.hidden, args.tokens = [8], [1, 2], [32, 64], 256
         args.sweep_tokens, args.sweep_experts, args.sweep_hidden = [512, 2048], [8], 64
@@ -599,8 +628,9 @@ def main(argv: list[str] | None = None) -> int:
 
     write_table(grid, out / "throughput")
     write_table(sweep, out / "tokens")
-    write_table(pd.concat([raw_g.assign(part="grid"), raw_s.assign(part="sweep")],
-                          ignore_index=True), out / "runs")
+    # every timed run, for reanalysis (CSV only: too long for a markdown table)
+    pd.concat([raw_g.assign(part="grid"), raw_s.assign(part="sweep")],
+              ignore_index=True).to_csv(out / "runs.csv", index=False)
     cons = consistency(grid, args.consistency_tol)
     write_table(cons, out / "consistency")
     say("dense-masked consistency check (its tokens/s must not depend on K):")
