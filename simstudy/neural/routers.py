@@ -374,7 +374,8 @@ class SparseMoE(_MoEBase):
 
     Tokens are grouped per expert (one sort of the T*K assignments, one gather), each expert
     runs once on its contiguous block of tokens, and the weighted outputs are scatter-added back
-    in one ``index_add``; experts that receive no token are skipped. The E - K unused outputs of a token are never computed.
+    in one ``index_add``; experts that receive no token are skipped. The E - K unused outputs
+    of a token are never computed.
     Parameters as :class:`DenseMaskedMoE` (same parameter names, so state dicts are shared).
     """
 
