@@ -389,10 +389,19 @@ def test_consistency_flags_a_dense_masked_spread():
         rows.append({"pass": "forward", "E": 8, "hidden": 128, "tokens": 512, "K": K,
                      "tps_dense_masked": tps, "tps_dense_masked_q25": tps,
                      "tps_dense_masked_q75": tps, "dense_masked_skipped": False})
+    # spread 1.4 with wide, overlapping IQRs across K: noise, not a K-dependent cost
+    for K, (tps, lo, hi) in ((1, (100.0, 70.0, 150.0)), (2, (140.0, 120.0, 160.0))):
+        rows.append({"pass": "forward", "E": 8, "hidden": 256, "tokens": 512, "K": K,
+                     "tps_dense_masked": tps, "tps_dense_masked_q25": lo,
+                     "tps_dense_masked_q75": hi, "dense_masked_skipped": False})
     c = consistency(pd.DataFrame(rows), tol=0.25).set_index("hidden")
     assert c.loc[64, "spread"] == pytest.approx(3.0) and not c.loc[64, "ok"]
+    assert c.loc[64, "verdict"] == "inconsistent" and not c.loc[64, "iqr_overlap"]
     assert c.loc[128, "spread"] == pytest.approx(1.1) and c.loc[128, "ok"]
+    assert c.loc[128, "verdict"] == "ok"
     assert c.loc[64, "max_rel_iqr"] == pytest.approx(0.2)
+    assert c.loc[256, "spread"] == pytest.approx(1.4) and not c.loc[256, "ok"]
+    assert c.loc[256, "verdict"] == "noise" and c.loc[256, "iqr_overlap"]
 
 
 def test_dense_masked_flop_count():

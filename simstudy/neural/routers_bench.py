@@ -76,6 +76,9 @@ __all__ = [
 ]
 
 LAYERS = ("sparse", "dense_masked", "dense_ffn")
+_VERDICT = {"ok": "ok",
+            "noise": "spread above the tolerance but within the rounds' IQR: noise",
+            "inconsistent": "INCONSISTENT: the IQRs across K are disjoint"}
 PASSES = ("forward", "forward_backward")
 # kineto prints these progress lines straight to file descriptor 2 from C++
 _PROFILER_CHATTER = re.compile(r"^(STAGE|USDT|INFO|WARNING):\S+ \S+ \d+:\d+ \S+\.cpp:\d+\]")
@@ -342,8 +345,12 @@ def consistency(df: pd.DataFrame, tol: float) -> pd.DataFrame:
     """Spread of the dense-masked layer's tokens/s across K (it computes all experts anyway).
 
     One row per (pass, E, hidden, tokens) with at least two K values: the medians per K,
-    ``spread`` = max / min of them, the widest IQR relative to its median, and ``ok`` when the
-    spread is at most ``1 + tol``.
+    ``spread`` = max / min of them, the widest IQR relative to its median, ``ok`` when the
+    spread is at most ``1 + tol``, and ``verdict``, which tells a noisy row from a systematic
+    one: ``ok``; ``noise`` (spread above the tolerance, but the K rows' interquartile ranges
+    overlap, so the medians differ by less than the rounds' own spread: contended timings);
+    ``inconsistent`` (the interquartile ranges are disjoint: the cost depends on K, a bug in
+    the reference or a load drift between rounds).
     """
     rows = []
     timed = df[~df["dense_masked_skipped"].astype(bool)]
@@ -354,11 +361,14 @@ def consistency(df: pd.DataFrame, tol: float) -> pd.DataFrame:
         rel_iqr = ((g["tps_dense_masked_q75"] - g["tps_dense_masked_q25"])
                    / g["tps_dense_masked"]).max()
         spread = float(tps.max() / tps.min())
+        overlap = bool(g["tps_dense_masked_q25"].max() <= g["tps_dense_masked_q75"].min())
+        ok = spread <= 1.0 + tol
         rows.append({"pass": key[0], "E": key[1], "hidden": key[2], "tokens": key[3],
                      "K": "/".join(str(k) for k in g["K"]),
                      "dense_masked_tps": " / ".join(f"{v:.4g}" for v in tps),
                      "spread": spread, "max_rel_iqr": float(rel_iqr),
-                     "ok": bool(spread <= 1.0 + tol)})
+                     "iqr_overlap": overlap, "ok": bool(ok),
+                     "verdict": "ok" if ok else "noise" if overlap else "inconsistent"})
     return pd.DataFrame(rows)
 
 
@@ -546,9 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def replot(out: Path) -> None:
-    """Redraw the figures and the README from ``throughput.csv`` and ``tokens.csv``."""
+def replot(out: Path, tol: float = 0.25) -> None:
+    """Redraw the figures, the consistency check and the README from ``throughput.csv`` and
+    ``tokens.csv`` (``run.json``, the record of the timed run, is left as it was)."""
     grid, sweep = pd.read_csv(out / "throughput.csv"), pd.read_csv(out / "tokens.csv")
+    write_table(consistency(grid, tol), out / "consistency")
     figure_grid(grid, out / "throughput.png")
     figure_tokens(sweep, out / "tokens.png")
     figure_efficiency(grid, sweep, out / "efficiency.png")
@@ -576,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.replot:
         if not (Path(args.out) / "throughput.csv").exists():
             raise ValueError(f"replot: no throughput.csv in {args.out}; run the benchmark first")
-        replot(Path(args.out))
+        _check_args(args)
+        replot(Path(args.out), args.consistency_tol)
         return 0
     if args.quick:
         args.experts, args.k, args.hidden, args.tokens = [8], [1, 2], [32, 64], 256
@@ -637,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     for _, r in cons.iterrows():
         say(f"  E={r['E']:3d} hidden={r['hidden']:5d} tokens={r['tokens']}: K={r['K']}: "
             f"{r['dense_masked_tps']} tokens/s, spread {r['spread']:.3f} "
-            f"({'ok' if r['ok'] else 'INCONSISTENT: timings are noise-dominated'})")
+            f"({_VERDICT[r['verdict']]})")
     figure_grid(grid, out / "throughput.png")
     figure_tokens(sweep, out / "tokens.png")
     figure_efficiency(grid, sweep, out / "efficiency.png")
@@ -649,6 +662,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(), "threads": args.threads, "runs": args.runs,
         "min_run_s": args.min_run, "torch": torch.__version__,
         "consistency_ok": bool(cons["ok"].all()) if len(cons) else None,
+        "consistency_inconsistent": int((cons["verdict"] == "inconsistent").sum())
+        if len(cons) else None,
         "max_rel_diff": float(max(grid["rel_diff"].max(), sweep["rel_diff"].max())),
     })
     write_readme(out)
