@@ -633,3 +633,22 @@ def test_quick_end_to_end_and_resume(tmp_path, monkeypatch):
     assert "smoke test" in readme
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert len(runs) == 2
+    run = json.loads((out / "run.json").read_text())
+    assert run == runs[-1] and run["units"] == 6  # 2 fractions x 2 seeds + 2 digits seeds
+    # the second invocation loaded every training stage, yet reports their cost
+    assert run["stage_seconds"]["total"] > 0
+    assert "single-thread seconds" in readme
+
+
+def test_stage_seconds_counts_a_shared_base_once():
+    def unit(family, seed, base):
+        return {"family": family, "seed": seed,
+                "timings": {"base": base, "experts": {"a": 1.0, "b": 2.0},
+                            "gates": {"100": {"a": 0.5, "b": 0.5}, "30": {"a": 0.25}},
+                            "multitask": 4.0}}
+
+    # two template fractions of tokens seed 0 share one base (10 s); digits seed 0 has its own
+    st = bench.stage_seconds([unit("tokens", 0, 10.0), unit("tokens", 0, 10.0),
+                              unit("digits", 0, 3.0)])
+    assert st == {"base": 13.0, "experts": 9.0, "gates": 3.75, "multitask": 12.0,
+                  "total": 37.75}

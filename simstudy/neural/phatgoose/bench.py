@@ -464,6 +464,24 @@ def run_unit(kind: str, fraction: float, seed: int, plan: Plan, cache: Path,
     return result
 
 
+def stage_seconds(results) -> dict[str, float]:
+    """Training time of every stage behind ``results``, summed (single-thread seconds).
+
+    Read from the stages themselves, so it is the cost from an empty cache even when this
+    invocation loaded every stage: base models (one per family and seed, shared by the
+    template sweep), experts, gates (every gate-step count), multitask LoRAs. Evaluation is
+    not included (each unit's ``seconds`` covers the part that ran in its invocation).
+    """
+    bases = {(r["family"], r["seed"]): r["timings"]["base"] for r in results}
+    out = {"base": float(sum(bases.values())),
+           "experts": float(sum(sum(r["timings"]["experts"].values()) for r in results)),
+           "gates": float(sum(sum(v.values()) for r in results
+                              for v in r["timings"]["gates"].values())),
+           "multitask": float(sum(r["timings"]["multitask"] for r in results))}
+    out["total"] = float(sum(out.values()))
+    return out
+
+
 # -- the CLI ----------------------------------------------------------------------------------
 def _units(plan: Plan) -> list[tuple[str, float, int, bool]]:
     units = [("tokens", f, s, i == 0) for i, f in enumerate(plan.fractions)
@@ -525,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     run = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": seconds,
            "load_start": list(load0), "load_end": list(os.getloadavg()), "jobs": ns.jobs,
            "quick": ns.quick, "seeds": plan.seeds, "cpu_count": os.cpu_count(),
+           "torch_threads_per_job": 1, "units": len(results),
+           "stage_seconds": stage_seconds(results),
            "command": "python -m simstudy neural phatgoose " + " ".join(argv or [])}
     report.write_all(results, run, out, figures=not ns.no_figures)
     print(f"done in {seconds:.1f}s; wrote {out}")

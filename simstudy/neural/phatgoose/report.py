@@ -430,7 +430,8 @@ def write_all(results: Sequence[dict], run: dict, out: Path, figures: bool = Tru
     from simstudy.neural.phatgoose.readme import render
 
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "runs.jsonl", "a") as fh:
+    (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")  # this invocation
+    with open(out / "runs.jsonl", "a") as fh:  # every invocation that wrote to ``out``
         fh.write(json.dumps(run) + "\n")
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines() if line]
     df = tidy(results)
