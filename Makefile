@@ -77,6 +77,7 @@ study: install
 	done; \
 	$(SIMSTUDY) report $$specs --out results
 	$(SIMSTUDY) neural routers
+	$(SIMSTUDY) neural bridge
 	$(SIMSTUDY) neural jei-dnn
 	$(SIMSTUDY) neural phatgoose
 
@@ -92,6 +93,7 @@ study-quick: install
 	$(SIMSTUDY) run studies/ci.toml --jobs $(JOBS)
 	$(SIMSTUDY) report studies/ci.toml --out results/quick
 	$(SIMSTUDY) neural routers --quick --out results/quick/neural/routers
+	$(SIMSTUDY) neural bridge --quick --out results/quick/neural/routers
 	$(SIMSTUDY) neural jei-dnn --quick --out results/quick/neural/jei_dnn
 	$(SIMSTUDY) neural phatgoose --quick --out results/quick/neural/phatgoose
 

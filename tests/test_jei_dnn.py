@@ -7,7 +7,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from simstudy.neural.jei_dnn.backbone import ViTConfig, block_macs  # noqa: E402
 from simstudy.neural.jei_dnn.metrics import (  # noqa: E402
     conformal_report,
     conformal_sets,
@@ -89,27 +88,40 @@ def test_inference_exit_first_hazard_over_half():
     assert inference_exit(h).tolist() == [1, 0, 3]
 
 
+def _cfgs():
+    from simstudy.neural.transformer import TransformerConfig
+
+    return (
+        TransformerConfig(n_tokens=16, patch_dim=4),
+        TransformerConfig(n_tokens=4, patch_dim=16, width=32, depth=4),
+        TransformerConfig(n_tokens=9, vocab=7, depth=2, n_outputs=7),
+    )
+
+
 def test_costs_full_path_is_one_and_increasing():
-    for cfg in (ViTConfig(), ViTConfig(patch=4, width=32, depth=4), ViTConfig(depth=2)):
-        c = exit_costs(cfg).numpy()
+    from simstudy.neural.jei_dnn.model import gate_macs
+    from simstudy.neural.transformer import macs
+
+    for cfg in _cfgs():
+        mc, C = macs(cfg), cfg.n_outputs
+        ims = [cfg.width * C] * (cfg.depth - 1)
+        c = exit_costs(mc, ims, C).numpy()
         assert c.shape == (cfg.depth,)
         assert c[-1] == pytest.approx(1.0, abs=1e-15)
         assert np.all(np.diff(c) > 0)
-        assert 0 < backbone_only_cost(cfg) < 1
-        # hand count of the first exit
-        m = block_macs(cfg)
-        first = m["embed"] + m["block"] + m["norm"] + m["head"] + 8 * cfg.n_classes + 5
-        assert exit_costs_unnormalised(cfg)[0].item() == pytest.approx(first)
-
-
-def test_block_macs_count_tokens():
-    cfg = ViTConfig(patch=2, width=48, heads=4, mlp_ratio=2)
-    N, D = 17, 48  # 16 patch tokens + CLS
-    assert cfg.tokens == N
-    expected = 4 * N * D + 4 * N * D * D + 2 * N * N * D + 3 * 4 * N * N + 4 * N * D * D
-    assert block_macs(cfg)["block"] == expected
-    # cost grows with the number of tokens
-    assert block_macs(ViTConfig(patch=4))["block"] < block_macs(cfg)["block"]
+        assert 0 < backbone_only_cost(mc, ims, C) < 1
+        # hand count of the first exit and of the full path
+        first = mc.embed + mc.block + mc.pool + ims[0] + gate_macs(C)
+        assert exit_costs_unnormalised(mc, ims, C)[0].item() == pytest.approx(first)
+        full = mc.total + (cfg.depth - 1) * (mc.pool + ims[0] + gate_macs(C))
+        assert exit_costs_unnormalised(mc, ims, C)[-1].item() == pytest.approx(full)
+        # a bigger IM on the way makes every later exit dearer, earlier ones unchanged
+        big = list(ims)
+        big[-1] = 50 * ims[-1]
+        u0, u1 = exit_costs_unnormalised(mc, ims, C), exit_costs_unnormalised(mc, big, C)
+        assert torch.all(u1[:-2] == u0[:-2]) and torch.all(u1[-2:] > u0[-2:])
+        with pytest.raises(ValueError, match="im_macs: need one count"):
+            exit_costs(mc, ims[:-1], C)
 
 
 def test_gate_targets_hand_example():

@@ -31,30 +31,21 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def write_table(df, path_stem: Path, floatfmt: str = ".4g") -> tuple[Path, Path]:
-    """Write a pandas DataFrame as ``<stem>.csv`` and a GitHub markdown ``<stem>.md``."""
+def write_table(df, path_stem: Path, digits: int = 3) -> tuple[Path, Path]:
+    """Write a pandas DataFrame as ``<stem>.csv`` and a markdown ``<stem>.md``.
+
+    The markdown goes through the project's one table writer,
+    :func:`simstudy.reports.tables.to_markdown`; the CSV keeps full precision.
+    """
+    from simstudy.reports.tables import to_markdown
+
     path_stem = Path(path_stem)
     path_stem.parent.mkdir(parents=True, exist_ok=True)
     csv = path_stem.with_suffix(".csv")
     md = path_stem.with_suffix(".md")
     df.to_csv(csv, index=False)
-    md.write_text(markdown_table(df, floatfmt) + "\n")
+    md.write_text(to_markdown(df, digits))
     return csv, md
-
-
-def markdown_table(df, floatfmt: str = ".4g") -> str:
-    """A markdown table without the optional ``tabulate`` dependency."""
-
-    def fmt(x) -> str:
-        if isinstance(x, float | np.floating):
-            return format(float(x), floatfmt)
-        return str(x)
-
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(fmt(x) for x in row) + " |")
-    return "\n".join(lines)
 
 
 def read_json(path: Path):

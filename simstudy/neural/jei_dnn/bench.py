@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn import functional as F
 
 from simstudy.neural.common import read_json, seed_everything, set_threads, write_json, write_table
-from simstudy.neural.jei_dnn.backbone import ViTConfig, extract_features, train_backbone
+from simstudy.neural.jei_dnn.backbone import extract_features, steps_for, train_backbone
 from simstudy.neural.jei_dnn.baselines import (
     THRESHOLDS,
     exit_probs,
@@ -33,6 +34,7 @@ from simstudy.neural.jei_dnn.data import load_data
 from simstudy.neural.jei_dnn.metrics import ALPHAS, chunk_spread, conformal_report
 from simstudy.neural.jei_dnn.model import ExitHeads, backbone_only_cost, exit_costs
 from simstudy.neural.jei_dnn.train import Cached, train_ims, train_jei
+from simstudy.neural.transformer import TransformerConfig, macs, patchify
 
 __all__ = ["main", "build_parser"]
 
@@ -46,8 +48,34 @@ def _key(obj) -> str:
 
 
 # -- cached stages -----------------------------------------------------------------------------
-def backbone_features(dataset: str, cfg: ViTConfig, epochs: int, cache: Path, log) -> dict:
+def _image_cfg(width: int, depth: int, heads: int, patch: int) -> TransformerConfig:
+    return TransformerConfig(width=width, depth=depth, heads=heads, n_outputs=10,
+                             n_tokens=(8 // patch) ** 2, patch_dim=patch * patch, pool="cls")
+
+
+def _im_macs(cfg: TransformerConfig) -> list[float]:
+    return [float(cfg.width * cfg.n_outputs)] * (cfg.depth - 1)
+
+
+def _costs(cfg: TransformerConfig) -> torch.Tensor:
+    return exit_costs(macs(cfg), _im_macs(cfg), cfg.n_outputs)
+
+
+def _shifted_sampler(X: torch.Tensor, y: torch.Tensor, patch: int):
+    """Batches of training images, each batch shifted by up to one pixel (augmentation)."""
+
+    def sample(rng, batch_size):
+        idx = rng.integers(0, len(y), size=batch_size)
+        dx, dy = (int(v) for v in rng.integers(-1, 2, size=2))
+        xb = torch.roll(F.pad(X[idx], (1, 1, 1, 1)), shifts=(dy, dx), dims=(1, 2))[:, 1:-1, 1:-1]
+        return patchify(xb, patch), y[idx]
+
+    return sample
+
+
+def backbone_features(dataset: str, cfg: TransformerConfig, epochs: int, cache: Path, log):
     """Features of every split from the frozen backbone, trained once (seed 0) and cached."""
+    patch = int(round(cfg.patch_dim**0.5))
     settings = {
         "dataset": dataset,
         "cfg": cfg.__dict__,
@@ -58,16 +86,20 @@ def backbone_features(dataset: str, cfg: ViTConfig, epochs: int, cache: Path, lo
     }
     path = cache / f"backbone_{dataset}_{_key(settings)}.pt"
     if path.exists():
-        return torch.load(path, weights_only=False)
+        return torch.load(path, weights_only=True)
     data = load_data(dataset)
     t0 = time.perf_counter()
     seed_everything(0)
-    model, blog = train_backbone(data, cfg, epochs=epochs, seed=0, batch_size=128, lr=BACKBONE_LR)
+    X, y = torch.tensor(data.train.X), torch.tensor(data.train.y)
+    val = (patchify(torch.tensor(data.val.X), patch), torch.tensor(data.val.y))
+    model, blog = train_backbone(cfg, _shifted_sampler(X, y, patch), val,
+                                 steps_for(epochs, len(y), 128), seed=0, lr=BACKBONE_LR,
+                                 label_smoothing=0.05)
     out = {"settings": settings, "log": blog, "seconds": time.perf_counter() - t0}
     for split in ("train", "val", "calib", "test"):
         s = getattr(data, split)
-        feats, head = extract_features(model, s.X)
-        out[split] = (feats, head, s.y)
+        feats, head = extract_features(model, patchify(torch.tensor(s.X), patch))
+        out[split] = (torch.tensor(feats), torch.tensor(head), torch.tensor(s.y))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, path)
     log(f"  backbone {dataset}: {out['seconds']:.1f} s, best val acc {blog['best_val_acc']:.3f}")
@@ -79,9 +111,9 @@ def warm_heads(feats, cfg, seed, boosted, args, cache: Path, tag: str) -> ExitHe
     settings = {"tag": tag, "seed": seed, "boosted": boosted, "epochs": args.warmup_epochs}
     path = cache / f"ims_{_key(settings)}.pt"
     seed_everything(seed)
-    heads = ExitHeads(cfg.width, cfg.depth, cfg.n_classes)
+    heads = ExitHeads(cfg.width, cfg.depth, cfg.n_outputs)
     if path.exists():
-        heads.load_state_dict(torch.load(path))
+        heads.load_state_dict(torch.load(path, weights_only=True))
         return heads
     train = Cached.from_numpy(*feats["train"])
     val = Cached.from_numpy(*feats["val"])
@@ -143,7 +175,7 @@ def jei_point(feats, cfg, warm, seed, variant, lam, args, cache: Path, tag: str)
         return cached
     seed_everything(seed)
     heads = copy.deepcopy(warm)
-    costs = exit_costs(cfg)
+    costs = _costs(cfg)
     train = Cached.from_numpy(*feats["train"])
     val = Cached.from_numpy(*feats["val"])
     t0 = time.perf_counter()
@@ -180,7 +212,7 @@ def jei_point(feats, cfg, warm, seed, variant, lam, args, cache: Path, tag: str)
 
 def baseline_points(feats, cfg, warm, boosted, seed) -> list[dict]:
     """Threshold sweeps (warm-up IMs and boosted IMs), oracle exit and the full backbone."""
-    costs = exit_costs(cfg).numpy()
+    costs = _costs(cfg).numpy()
     test = Cached.from_numpy(*feats["test"])
     cal = Cached.from_numpy(*feats["calib"])
     yt, yc = test.y.numpy(), cal.y.numpy()
@@ -196,7 +228,8 @@ def baseline_points(feats, cfg, warm, boosted, seed) -> list[dict]:
     L = pt.shape[1]
     last_t, last_c = np.full(len(yt), L - 1), np.full(len(yc), L - 1)
     rec = score(pt, yt, last_t, pc, yc, last_c, costs)
-    rec["cost"] = backbone_only_cost(cfg)  # no IMs or gates evaluated on the way
+    # the plain backbone: no IMs or gates evaluated on the way
+    rec["cost"] = backbone_only_cost(macs(cfg), _im_macs(cfg), cfg.n_outputs)
     rows.append({"method": "full_backbone", "param": float("nan"), **rec})
     for r in rows:
         r["seed"] = seed
@@ -455,10 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     for v in variants:
         if v not in ("weighted", "mean"):
             raise ValueError(f"variants: unknown IM loss {v!r}; allowed: ['weighted', 'mean']")
-    cfg = ViTConfig(patch=4, width=64, depth=6)
+    cfg = _image_cfg(width=64, depth=6, heads=4, patch=4)
     out = Path(args.out)
     if args.quick:
-        cfg = ViTConfig(patch=4, width=16, depth=3, heads=2)
+        cfg = _image_cfg(width=16, depth=3, heads=2, patch=4)
         args.backbone_epochs, args.warmup_epochs, args.jei_epochs = 3, 3, 2
         args.lambdas = [0.1, 1.0]
         datasets, variants, args.seeds = ["digits"], ["weighted"], 1

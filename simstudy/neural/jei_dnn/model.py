@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from simstudy.neural.jei_dnn.backbone import ViTConfig, block_macs
+from simstudy.neural.transformer import MacCount
 
 __all__ = [
     "gate_statistics",
@@ -24,6 +24,7 @@ __all__ = [
     "hazard_to_probabilities",
     "inference_exit",
     "exit_costs",
+    "gate_macs",
     "exit_costs_unnormalised",
     "backbone_only_cost",
     "optimal_exit",
@@ -94,40 +95,40 @@ def inference_exit(h: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     return torch.argmax(hit.to(torch.int8), dim=-1)
 
 
-def exit_costs(cfg: ViTConfig) -> torch.Tensor:
-    """Normalised cumulative multiply-adds C_l to reach exit l, shape (L,); C_{L-1} = 1.
+def gate_macs(n_classes: int) -> float:
+    """Multiply-add equivalents of one gate: the softmax of the IM's logits (3 C), its four
+    statistics (max C, margin C + 1, entropy 2 C, entropy of p^2 / sum p^2 5 C, as counted by
+    the reference code) and the linear gate (4)."""
+    return 3.0 * n_classes + 9.0 * n_classes + 1.0 + 4.0
 
-    Reaching exit l < L-1 costs the patch embedding, blocks 0..l, and for every exit j <= l on
-    the way the shared final norm of the CLS token, IM_j (D x C), the gate statistics (about
-    8 C operations: softmax, entropies, top-2) and gate j (4 + 1). The last exit adds the
-    remaining blocks, the final norm and the backbone head. The full path (all IMs and gates
-    evaluated, then the head) costs 1.
+
+def exit_costs_unnormalised(mc: MacCount, im_macs, n_classes: int) -> torch.Tensor:
+    """Multiply-adds to reach each exit (before normalisation), shape (L,).
+
+    Reaching exit l < L-1 costs the embedding, blocks 0..l and, for every exit j <= l on the
+    way, the shared final norm + pooling of block j's output, IM_j (``im_macs[j]``) and gate
+    j. The last exit adds the remaining blocks, the final pooling and the backbone head.
     """
-    c = exit_costs_unnormalised(cfg)
+    L = mc.depth
+    if len(im_macs) != L - 1:
+        raise ValueError(f"im_macs: need one count per inference module ({L - 1}), "
+                         f"got {len(im_macs)}")
+    per_exit = [mc.pool + float(m) + gate_macs(n_classes) for m in im_macs]
+    costs = [mc.through(l + 1) + sum(per_exit[: l + 1]) for l in range(L - 1)]
+    costs.append(mc.through(L) + sum(per_exit) + mc.pool + mc.head)
+    return torch.tensor(costs, dtype=torch.float64)
+
+
+def exit_costs(mc: MacCount, im_macs, n_classes: int) -> torch.Tensor:
+    """Normalised cumulative multiply-adds C_l to reach exit l, shape (L,); C_{L-1} = 1 (the
+    full path: every IM and gate evaluated on the way, then the head)."""
+    c = exit_costs_unnormalised(mc, im_macs, n_classes)
     return c / c[-1]
 
 
-def backbone_only_cost(cfg: ViTConfig) -> float:
+def backbone_only_cost(mc: MacCount, im_macs, n_classes: int) -> float:
     """Cost of the plain backbone (no IMs, no gates) on the same normalised scale."""
-    m = block_macs(cfg)
-    full = float(exit_costs_unnormalised(cfg)[-1])
-    return (m["embed"] + cfg.depth * m["block"] + m["norm"] + m["head"]) / full
-
-
-def exit_costs_unnormalised(cfg: ViTConfig) -> torch.Tensor:
-    """Multiply-adds to reach each exit (before normalisation)."""
-    m = block_macs(cfg)
-    C = cfg.n_classes
-    im_and_gate = m["norm"] + m["head"] + 8 * C + 5
-    costs, total = [], m["embed"]
-    for l in range(cfg.depth):
-        total += m["block"]
-        if l < cfg.depth - 1:
-            total += im_and_gate
-            costs.append(total)
-        else:
-            costs.append(total + m["norm"] + m["head"])
-    return torch.tensor(costs, dtype=torch.float64)
+    return mc.total / float(exit_costs_unnormalised(mc, im_macs, n_classes)[-1])
 
 
 def optimal_exit(ce: torch.Tensor, costs: torch.Tensor, lam: float) -> torch.Tensor:
