@@ -52,9 +52,6 @@ bench: install
 # their stores (which also rewrite the committed per-fit data under results/data/)
 STUDIES ?= topk_exact topk_over topk_kbar_sweep topk_K_sweep dense_exact dense_over \
 	topk_planar topk_over2 dense_over2 topk_kbar_bounded
-# studies that need another branch's work (design P and its spec; the estimator's beta1_bound):
-# skipped, saying why, while their spec is missing or refused; every other failure stops
-OPTIONAL_STUDIES ?= topk_planar topk_kbar_bounded
 # staged runs: `make study MAX_REPS=10` runs (or resumes) every study to 10 replications and
 # reports; a later `make study` completes them (tasks run replication-major)
 MAX_REPS ?=
@@ -65,11 +62,6 @@ SIMSTUDY := $(PY) -m simstudy
 study: install
 	@specs=""; for s in $(STUDIES); do \
 	  spec=studies/$$s.toml; \
-	  case " $(OPTIONAL_STUDIES) " in *" $$s "*) optional=1;; *) optional=0;; esac; \
-	  if [ $$optional = 1 ] && [ ! -f $$spec ]; then \
-	    echo "make study: skipping $$spec: no such spec yet"; continue; fi; \
-	  if [ $$optional = 1 ] && ! $(SIMSTUDY) status $$spec > /dev/null; then \
-	    echo "make study: skipping $$spec (refused, see above)"; continue; fi; \
 	  echo "make study: $$spec"; \
 	  $(SIMSTUDY) run $$spec --jobs $(JOBS) $(if $(MAX_REPS),--max-reps $(MAX_REPS)) \
 	    $(if $(MAX_N),--max-n $(MAX_N)) || exit 1; \
