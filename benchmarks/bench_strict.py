@@ -137,7 +137,10 @@ def start_values(studies=STUDIES, ns=(1000, 10000), reps=3, n_data=3,
                          for k, v in counts.items()])
 
 
-def optimisers(ns=(10000, 100000), reps=3) -> pd.DataFrame:
+ACCELERATIONS = (None, "squarem", "lbfgs", "newton")
+
+
+def optimisers(ns=(10000, 100000), reps=3, accelerations=ACCELERATIONS) -> pd.DataFrame:
     """Part 2: the accelerations on the over-specified fit of design T."""
     design = get_design("T")
     rows = []
@@ -145,7 +148,7 @@ def optimisers(ns=(10000, 100000), reps=3) -> pd.DataFrame:
         for rep in range(reps):
             X, y = sample(design.params, n, design.inputs, np.random.default_rng(1000 + rep))
             fits = {}
-            for acc in (None, "squarem", "lbfgs", "newton"):
+            for acc in accelerations:
                 opts = protocol_options("strict", n)
                 opts.update(acceleration=acc, truth_start=False, n_data_starts=0)
                 est = TopKMoEEM(4, 3, true_params=design.params, extra_atoms=(0,),
@@ -176,14 +179,15 @@ def optimiser_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(quick: bool = False, studies=STUDIES, ns=None, reps=None, opt_ns=None,
-        opt_reps=None, starts=False) -> str:
+        opt_reps=None, starts=False, accelerations=ACCELERATIONS) -> str:
     ns = ns or ((1000, 100000) if quick else (1000, 10000, 100000))
     reps = reps or (1 if quick else 3)
     opt_ns = opt_ns or ((10000,) if quick else (10000, 100000))
     opt_reps = opt_reps or (1 if quick else 2)
     load = os.getloadavg()
     part1 = replay_table(replay(studies, ns, reps)) if studies else pd.DataFrame()
-    part2 = optimiser_table(optimisers(opt_ns, opt_reps)) if opt_reps > 0 else pd.DataFrame()
+    part2 = (optimiser_table(optimisers(opt_ns, opt_reps, accelerations)) if opt_reps > 0
+             else pd.DataFrame())
     part3 = ""
     if starts:
         part3 = ("\n## Global checks: what each data-driven start adds (three instead of two; "
@@ -212,12 +216,16 @@ def main(argv=None) -> int:
     p.add_argument("--opt-n", default=None, help="sample sizes of part 2 (comma-separated)")
     p.add_argument("--opt-reps", type=int, default=None, help="replications of part 2")
     p.add_argument("--starts", action="store_true", help="also part 3 (global checks)")
+    p.add_argument("--accelerations", default=None,
+                   help="part 2's accelerations, comma-separated (none,squarem,lbfgs,newton)")
     p.add_argument("--out", default="results/bench/strict.md")
     args = p.parse_args(argv)
     ns = tuple(int(v) for v in args.n.split(",")) if args.n else None
     opt_ns = tuple(int(v) for v in args.opt_n.split(",")) if args.opt_n else None
+    accs = ACCELERATIONS if args.accelerations is None else tuple(
+        None if a == "none" else a for a in args.accelerations.split(","))
     report = run(args.quick, tuple(args.studies), ns, args.reps, opt_ns, args.opt_reps,
-                 args.starts)
+                 args.starts, accs)
     print(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report)
