@@ -9,7 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["set_threads", "seed_everything", "write_table", "read_json", "write_json"]
+__all__ = [
+    "set_threads",
+    "seed_everything",
+    "write_table",
+    "read_json",
+    "write_json",
+    "load_tensors",
+    "CacheRefused",
+]
 
 
 def set_threads(n: int = 1) -> None:
@@ -31,30 +39,47 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def write_table(df, path_stem: Path, floatfmt: str = ".4g") -> tuple[Path, Path]:
-    """Write a pandas DataFrame as ``<stem>.csv`` and a GitHub markdown ``<stem>.md``."""
+def write_table(df, path_stem: Path, digits: int = 3) -> tuple[Path, Path]:
+    """Write a pandas DataFrame as ``<stem>.csv`` and a GitHub markdown ``<stem>.md``.
+
+    The markdown comes from the project's one table writer,
+    :func:`simstudy.reports.tables.to_markdown`.
+    """
+    from simstudy.reports.tables import to_markdown
+
     path_stem = Path(path_stem)
     path_stem.parent.mkdir(parents=True, exist_ok=True)
     csv = path_stem.with_suffix(".csv")
     md = path_stem.with_suffix(".md")
     df.to_csv(csv, index=False)
-    md.write_text(markdown_table(df, floatfmt) + "\n")
+    md.write_text(to_markdown(df, digits))
     return csv, md
 
 
-def markdown_table(df, floatfmt: str = ".4g") -> str:
-    """A markdown table without the optional ``tabulate`` dependency."""
+class CacheRefused(ValueError):
+    """A cache file that is not plain data (it would need pickle to load)."""
 
-    def fmt(x) -> str:
-        if isinstance(x, float | np.floating):
-            return format(float(x), floatfmt)
-        return str(x)
 
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(fmt(x) for x in row) + " |")
-    return "\n".join(lines)
+def load_tensors(path: Path):
+    """Load a torch cache file as data only (``weights_only=True``).
+
+    A file that needs arbitrary unpickling -- one crafted to run code, or written by an old
+    version that stored objects -- is refused with :class:`CacheRefused` (a ValueError naming
+    the file); nothing in it is executed.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CacheRefused(
+            f"{path}: refused to load the cache file: it is not plain tensor data ({first}); "
+            "delete it to recompute"
+        ) from None
 
 
 def read_json(path: Path):
