@@ -644,7 +644,7 @@ def test_quick_end_to_end_resumes_and_refuses_a_crafted_cache(tmp_path, capfd):
                  "lambda_cost_verdict", "per_exit", "difficulty", "conformal", "timings"):
         assert (out / f"{name}.csv").exists() and (out / f"{name}.md").exists()
     for fig in ("accuracy_cost", "lambda_cost", "exit_vs_difficulty", "calibration",
-                "conformal", "exit_histograms"):
+                "conformal", "exit_histograms", "reliability"):
         assert (out / f"{fig}.png").stat().st_size > 0
     assert "JEI-DNN" in (out / "README.md").read_text()
     df = pd.read_csv(out / "points.csv")

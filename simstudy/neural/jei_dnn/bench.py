@@ -64,8 +64,8 @@ VARIANTS = {
 # the cross-entropy a deeper exit saves is at most ~log C (1.6-2.3 nats) while an exit costs
 # ~1/6: lambda matters from ~1 (give up the hardest examples) to ~10 (stop at the first exit)
 LAMBDAS = (0.0, 0.2, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0)
-# the long-tail and unequal-capacity settings are about calibration against thresholds: the
-# two rules only
+# the long-tail and unequal-capacity settings (calibration against thresholds) and the digits
+# control: the two rules only
 SIDE_VARIANTS = ("paper", "cdf")
 LT_IMBALANCE = 20.0  # largest / smallest class count in the long-tailed exit splits
 SETTINGS = ("linear", "lt", "unequal")
@@ -99,13 +99,13 @@ def backbone_stage(task, seed: int, cache: Path, log) -> tuple[dict, dict]:
             feats = {s: Cached(*(torch.from_numpy(z[f"{s}_{k}"])
                                  for k in ("feats", "head", "y", "difficulty"))) for s in SPLITS}
         return feats, info
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     splits = task.splits(seed)
     val = (splits["val"].x, splits["val"].y)
     bseed = derive_seed(task.name, seed, "backbone")
     model, blog = train_backbone(cfg, task.backbone_sampler(seed), val, task.backbone_steps,
                                  seed=bseed, batch_size=task.batch_size, lr=task.backbone_lr)
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     arrays, feats = {}, {}
     for name, sp in splits.items():
         f, h = extract_features(model, sp.x)
@@ -117,8 +117,9 @@ def backbone_stage(task, seed: int, cache: Path, log) -> tuple[dict, dict]:
     np.savez(tmp, **arrays)
     tmp.replace(npz)
     torch.save(model.state_dict(), base.with_suffix(".pt"))  # kept for replay, as tensors
-    info = {"seconds": secs, "best_val_acc": blog["best_val_acc"], "best_step": blog["best_step"],
-            "steps": task.backbone_steps, "val_curve": blog["val_acc"], "seed": bseed}
+    info = {"seconds": secs, "cpu_seconds": cpu, "best_val_acc": blog["best_val_acc"],
+            "best_step": blog["best_step"], "steps": task.backbone_steps,
+            "val_curve": blog["val_acc"], "seed": bseed}
     write_json(meta, info)
     log(f"  {task.name} seed {seed}: backbone {secs:.0f} s, val acc {blog['best_val_acc']:.3f}")
     return feats, info
@@ -200,18 +201,18 @@ def baseline_rows(task, feats, warm, boosted, costs, full_cost) -> list[dict]:
 def jei_rows(task, setting, feats, warm, costs, args, seed_parts) -> tuple[list[dict], dict]:
     """Train every (variant, lambda) replica from the warmed-up IMs and score them."""
     variants = [v for v in args.variants if task.difficulty_name or not VARIANTS[v][2]]
-    if setting != "linear":
+    if setting != "linear" or not task.difficulty_name:  # side settings and the control
         variants = [v for v in variants if v in SIDE_VARIANTS]
     grid = [(v, lam) for v in variants for lam in args.lambdas]
     heads = copy.deepcopy(warm).replicate(len(grid))
     rules = [VARIANTS[v][0] for v, _ in grid]
     losses = [VARIANTS[v][1] for v, _ in grid]
     see = [VARIANTS[v][2] for v, _ in grid]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     log = train_jei(heads, feats["exit_train"], feats["val"], torch.as_tensor(costs),
                     [lam for _, lam in grid], rules, losses, see, steps=args.jei_steps,
                     switch=args.switch, seed=derive_seed(*seed_parts, "jei"))
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     pt, pc = exit_probs(heads, feats["test"]), exit_probs(heads, feats["calib"])
     et = jei_exits(heads, feats["test"], rules, see)
     ec = jei_exits(heads, feats["calib"], rules, see)
@@ -219,8 +220,9 @@ def jei_rows(task, setting, feats, warm, costs, args, seed_parts) -> tuple[list[
     for r, (v, lam) in enumerate(grid):
         rec = _score(pt[r], pc[r], feats, et[r], ec[r], costs, task)
         rows.append({"method": "jei", "variant": v, "param": float(lam), **rec})
-    info = {"seconds": secs, "replicas": len(grid), "gate_steps": log["gate_steps"],
-            "im_steps": log["im_steps"], "gate_loss": log["gate_loss"][-1:] or None}
+    info = {"seconds": secs, "cpu_seconds": cpu, "replicas": len(grid),
+            "gate_steps": log["gate_steps"], "im_steps": log["im_steps"],
+            "gate_loss": log["gate_loss"][-1:] or None}
     return rows, info
 
 
@@ -260,6 +262,7 @@ def run_unit(task_name: str, seed: int, settings: list[str], args,
             rows.extend(cached["rows"])
             metas.append(cached["meta"])
             continue
+        unit_cpu0 = time.process_time()
         if feats is None:
             feats, binfo = backbone_stage(task, seed, cache, log)
         cfg = task.config()
@@ -269,13 +272,14 @@ def run_unit(task_name: str, seed: int, settings: list[str], args,
         mc = macs(cfg)
         costs = exit_costs(mc, warm.im_macs(), cfg.n_outputs).numpy()
         full = backbone_only_cost(mc, warm.im_macs(), cfg.n_outputs)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         unit_rows = baseline_rows(task, sfeats, warm, boosted, costs, full)
-        base_secs = time.perf_counter() - t0
+        base_secs = time.process_time() - t0
         jrows, jinfo = jei_rows(task, setting, sfeats, warm, costs, args,
                                (task.name, seed, setting))
         unit_rows.extend(jrows)
         meta = {"task": task.name, "seed": seed, "setting": setting, "costs": costs.tolist(),
+                "unit_cpu_seconds": time.process_time() - unit_cpu0,
                 "backbone": binfo, "warmup": wlog, "jei": jinfo, "baseline_seconds": base_secs}
         for r in unit_rows:
             r.update(task=task.name, seed=seed, setting=setting)
@@ -373,7 +377,7 @@ def _main(args, argv) -> int:
         out / "cache" if args.quick else Path("results/neural/cache/jei_dnn"))
     log = print if args.verbose else (lambda *a, **k: None)
     load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     # heavy units first, so the last worker to finish is not the one on the slowest task
     order = {"fold": 0, "mnist_c": 1, "digits": 2}
     units = sorted(((t, s) for t in args.tasks for s in range(args.seeds)),
@@ -397,8 +401,11 @@ def _main(args, argv) -> int:
                                        "quick": args.quick, "lambdas": list(args.lambdas),
                                        "seeds": args.seeds, "jei_steps": args.jei_steps,
                                        "switch": args.switch, "cpus": os.cpu_count(),
+                                       "parent_cpu_seconds": time.process_time() - c0,
                                        "tasks": {t: make_task(t, args.quick).describe()
                                                  for t in args.tasks},
+                                       "first_level": {t: int(make_task(t).difficulty_label(0))
+                                                       for t in args.tasks},
                                        "load_average": [load0, os.getloadavg()[0]]})
     log(f"jei-dnn benchmark: {seconds:.0f} s -> {out}")
     return 0

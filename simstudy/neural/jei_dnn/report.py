@@ -175,8 +175,10 @@ def _nearest(points: list[dict], cost: float) -> dict:
 
 
 def reference_points(rows: list[dict]) -> list[dict]:
-    """At each reference cost, per (task, setting, seed): the JEI point of every variant whose
-    seed-mean cost is nearest, and each baseline's point nearest to that JEI point's cost."""
+    """Points at matched cost, per (task, setting, seed) and reference cost c: the CDF rule's
+    JEI point whose seed-mean cost is nearest c is the anchor; every other method contributes
+    its point nearest in cost to that anchor (same seed). Without a CDF run, the first
+    variant anchors."""
     df = points_frame(rows)
     j = df[df["method"] == "jei"].groupby(["task", "setting", "variant", "param"])["cost"].mean()
     by = {}
@@ -184,32 +186,37 @@ def reference_points(rows: list[dict]) -> list[dict]:
         by.setdefault((r["task"], r["setting"], r["seed"]), []).append(r)
     picked = []
     for (task, setting, _seed), rs in by.items():
+        variants = sorted({r["variant"] for r in rs if r["method"] == "jei"})
+        if not variants:
+            continue
+        lead = "cdf" if "cdf" in variants else variants[0]
         for target in REF_COSTS:
-            anchor = None
-            for variant in sorted({r["variant"] for r in rs if r["method"] == "jei"}):
-                lam_costs = j.loc[(task, setting, variant)]
-                lam = float(lam_costs.index[np.argmin(np.abs(lam_costs.to_numpy() - target))])
-                r = next(x for x in rs if x["method"] == "jei" and x["variant"] == variant
-                         and x["param"] == lam)
-                picked.append({"ref_cost": target, "label": f"jei_{variant}", **r})
-                if variant == "cdf":
-                    anchor = r
-            if anchor is None:
-                continue
+            lam_costs = j.loc[(task, setting, lead)]
+            lam = float(lam_costs.index[np.argmin(np.abs(lam_costs.to_numpy() - target))])
+            anchor = next(x for x in rs if x["method"] == "jei" and x["variant"] == lead
+                          and x["param"] == lam)
+            for variant in variants:
+                cands = [x for x in rs if x["method"] == "jei" and x["variant"] == variant]
+                picked.append({**_nearest(cands, anchor["cost"]), "ref_cost": target,
+                               "label": f"jei_{variant}"})
             for base in (*BASELINES, "oracle"):
                 cands = [x for x in rs if x["method"] == base]
                 if cands:
-                    picked.append({"ref_cost": target, "label": base,
-                                   **_nearest(cands, anchor["cost"])})
+                    picked.append({**_nearest(cands, anchor["cost"]), "ref_cost": target,
+                                   "label": base})
     return picked
 
 
-def difficulty_table(picked: list[dict]) -> pd.DataFrame:
+def difficulty_table(picked: list[dict], first_level: dict | None = None) -> pd.DataFrame:
+    """Accuracy, mean exit and cost by difficulty at the reference points; ``first_level``
+    maps a task to the name of its easiest level (fold: 1, severities: 0)."""
+    first_level = first_level or {}
     rows = []
     for r in picked:
         for level, n, acc, mexit, mcost in r.get("by_level", []):
             rows.append({"task": r["task"], "setting": r["setting"], "ref_cost": r["ref_cost"],
-                         "method": r["label"], "seed": r["seed"], "level": level, "n": n,
+                         "method": r["label"], "seed": r["seed"],
+                         "level": level + first_level.get(r["task"], 0), "n": n,
                          "accuracy": acc, "mean_exit": mexit, "cost": mcost})
     d = pd.DataFrame(rows)
     if d.empty:
@@ -217,7 +224,8 @@ def difficulty_table(picked: list[dict]) -> pd.DataFrame:
     out = []
     for key, g in d.groupby(["task", "setting", "ref_cost", "method", "level"]):
         out.append(dict(zip(["task", "setting", "ref_cost", "method", "level"], key,
-                            strict=True), **_agg(g, ["accuracy", "mean_exit", "cost"])))
+                            strict=True), n=float(g["n"].mean()),
+                        **_agg(g, ["accuracy", "mean_exit", "cost"])))
     return pd.DataFrame(out)
 
 
@@ -245,12 +253,16 @@ def timings(meta: list[dict]) -> pd.DataFrame:
     for m in meta:
         rows.append({"task": m["task"], "seed": m["seed"], "setting": m["setting"],
                      "backbone_s": m["backbone"]["seconds"],
+                     "backbone_cpu_s": m["backbone"].get("cpu_seconds", float("nan")),
                      "backbone_val_acc": m["backbone"]["best_val_acc"],
                      "backbone_steps": m["backbone"]["steps"],
                      "warmup_val_acc": " ".join(f"{a:.2f}" for a in m["warmup"]["best_val_acc"]),
-                     "jei_s": m["jei"]["seconds"], "jei_replicas": m["jei"]["replicas"],
+                     "jei_s": m["jei"]["seconds"],
+                     "jei_cpu_s": m["jei"].get("cpu_seconds", float("nan")),
+                     "unit_cpu_s": m.get("unit_cpu_seconds", float("nan")),
+                     "jei_replicas": m["jei"]["replicas"],
                      "gate_steps": m["jei"]["gate_steps"], "im_steps": m["jei"]["im_steps"],
-                     "baselines_s": m["baseline_seconds"]})
+                     "baselines_cpu_s": m["baseline_seconds"]})
     return pd.DataFrame(rows).sort_values(["task", "setting", "seed"]) if rows else \
         pd.DataFrame(rows)
 
@@ -288,7 +300,7 @@ def _panels(df: pd.DataFrame) -> list[tuple[str, str]]:
 
 def fig_accuracy_cost(df: pd.DataFrame, out: Path, plt) -> None:
     panels = _panels(df)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.8), squeeze=False)
     grid = np.linspace(0, 1, 201)
     for ax, (task, setting) in zip(axes[0], panels, strict=True):
         s = df[(df["task"] == task) & (df["setting"] == setting)]
@@ -319,9 +331,12 @@ def fig_accuracy_cost(df: pd.DataFrame, out: Path, plt) -> None:
                      + (" -- negative control" if task == "digits" else ""), fontsize=9)
         ax.set_xlabel("mean normalised cost (full path = 1)")
         ax.set_ylabel("test accuracy")
-    axes[0][0].legend(fontsize=6, loc="lower right")
-    fig.suptitle("Accuracy vs cost: bands and bars are +-1 sd over seeds", fontsize=10)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, 2 * len(panels)), fontsize=7,
+               frameon=False)
+    fig.suptitle("Accuracy vs cost: bands and bars are +-1 sd over seeds; baseline curves "
+                 "interpolate between operating points", fontsize=10)
+    fig.tight_layout(rect=(0, 0.16 if len(panels) < 3 else 0.1, 1, 1))
     fig.savefig(out / "accuracy_cost.png", dpi=110)
     plt.close(fig)
 
@@ -365,17 +380,19 @@ def fig_difficulty(dt: pd.DataFrame, out: Path, plt) -> None:
             st = dict(STYLE.get(key, dict(color="k")))
             st.setdefault("marker", ".")
             g = g.sort_values("level")
-            lab = LABELS.get(key, method)
+            cost = (g["cost"] * g["n"]).sum() / g["n"].sum()
+            lab = f"{LABELS.get(key, method)} (cost {cost:.2f})"
             axes[0][j].errorbar(g["level"], g["mean_exit"], yerr=g["mean_exit_sd"].fillna(0),
                                 capsize=2, ms=4, label=lab, **st)
             axes[1][j].errorbar(g["level"], g["accuracy"], yerr=g["accuracy_sd"].fillna(0),
                                 capsize=2, ms=4, label=lab, **st)
-        axes[0][j].set_title(f"{task}: at matched cost ~0.6", fontsize=9)
+        axes[0][j].set_title(f"{task}: each method at the cost of the CDF rule's point "
+                             "nearest 0.6", fontsize=8)
         axes[0][j].set_ylabel("mean exit (1 = first)")
         axes[1][j].set_ylabel("accuracy")
         xl = "level (1 = easiest)" if task == "fold" else "corruption severity"
         axes[1][j].set_xlabel(xl)
-    axes[0][0].legend(fontsize=6)
+        axes[0][j].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "exit_vs_difficulty.png", dpi=110)
     plt.close(fig)
@@ -392,8 +409,8 @@ def fig_calibration(pe: pd.DataFrame, mt: pd.DataFrame, out: Path, plt) -> None:
                      fontsize=9)
         ax.set_xlabel("exit (every example)")
         ax.set_ylabel("ECE (15 equal-mass bins)")
-        m = mt[(mt["task"] == task) & (mt["setting"] == setting) & (mt["baseline"]
-                                                                     == "per_exit_threshold")]
+        m = mt[(mt["task"] == task) & (mt["setting"] == setting) & mt["in_range"]
+               & (mt["baseline"] == "threshold")]
         ax = axes[1][j]
         for variant, g in m.groupby("variant"):
             g = g.sort_values("cost")
@@ -401,7 +418,7 @@ def fig_calibration(pe: pd.DataFrame, mt: pd.DataFrame, out: Path, plt) -> None:
                         label=LABELS[("jei", variant)], **STYLE[("jei", variant)])
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xlabel("cost")
-        ax.set_ylabel("ECE(JEI) - ECE(per-exit thresholds)")
+        ax.set_ylabel("ECE(JEI) - ECE(global threshold)")
     axes[1][0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "calibration.png", dpi=110)
@@ -458,6 +475,36 @@ def fig_exits(lc: pd.DataFrame, out: Path, plt) -> None:
     plt.close(fig)
 
 
+def fig_reliability(rows: list[dict], out: Path, plt) -> None:
+    """Reliability diagram of every exit (each exit used for every test example), bin-wise
+    mean over seeds (equal-mass bins, so bins match in count)."""
+    single = [r for r in rows if r["method"] == "single_exit"]
+    panels = _panels(pd.DataFrame([{"task": r["task"], "setting": r["setting"]}
+                                   for r in single]))
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, (task, setting) in zip(axes[0], panels, strict=True):
+        rs = [r for r in single if r["task"] == task and r["setting"] == setting]
+        exits = sorted({int(r["param"]) for r in rs})
+        for e in exits:
+            curves = [np.array(r["reliability"]) for r in rs if int(r["param"]) == e]
+            k = min(len(c) for c in curves)
+            c = np.mean([c[:k] for c in curves], axis=0)
+            ax.plot(c[:, 0], c[:, 1], marker=".", ms=3, lw=1,
+                    color=cmap(e / (max(exits) + 1)), label=f"exit {e}")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.7)
+        ax.set_title(f"{task} ({SETTING_TEXT.get(setting, setting)})", fontsize=9)
+        ax.set_xlabel("confidence")
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle("Reliability of each exit (15 equal-mass bins)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "reliability.png", dpi=110)
+    plt.close(fig)
+
+
 def _public(df: pd.DataFrame) -> pd.DataFrame:
     return df[[c for c in df.columns if not c.startswith("_")]]
 
@@ -484,7 +531,7 @@ def write_all(rows: list[dict], meta: list[dict], out: Path, run: dict) -> dict:
     frames["matched"] = mt
     frames["matched_verdict"] = matched_verdicts(mt)
     picked = reference_points(rows)
-    frames["difficulty"] = difficulty_table(picked)
+    frames["difficulty"] = difficulty_table(picked, run.get("first_level"))
     frames["conformal"] = conformal_table(picked)
     frames["timings"] = timings(meta)
     for name, f in frames.items():
@@ -495,6 +542,7 @@ def write_all(rows: list[dict], meta: list[dict], out: Path, run: dict) -> dict:
     fig_calibration(frames["per_exit"], mt, out, plt)
     fig_conformal(frames["conformal"], out, plt)
     fig_exits(frames["lambda_cost"], out, plt)
+    fig_reliability(rows, out, plt)
     write_json(out / "run.json", run)
     write_readme(frames, run, out)
     return frames
