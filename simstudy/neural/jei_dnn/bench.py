@@ -50,7 +50,7 @@ from simstudy.neural.jei_dnn.model import ExitHeads, backbone_only_cost, exit_co
 from simstudy.neural.jei_dnn.train import Cached, train_ims, train_jei
 from simstudy.neural.transformer import macs
 
-__all__ = ["main", "build_parser", "VARIANTS", "LAMBDAS", "run_unit"]
+__all__ = ["main", "build_parser", "VARIANTS", "run_unit"]
 
 # name -> (exit rule, IM loss, gates see the difficulty)
 VARIANTS = {
@@ -61,9 +61,8 @@ VARIANTS = {
     "paper_mean": ("paper", "mean", False),
     "cdf_level": ("cdf", "weighted", True),
 }
-# the cross-entropy a deeper exit saves is at most ~log C (1.6-2.3 nats) while an exit costs
-# ~1/6: lambda matters from ~1 (give up the hardest examples) to ~10 (stop at the first exit)
-LAMBDAS = (0.0, 0.2, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0)
+# every task has its own lambda grid (``ExitTask.lambdas``): where lambda matters depends on how
+# much cross-entropy a deeper exit saves; ``--lambdas`` sets one grid for all
 # the long-tail and unequal-capacity settings (calibration against thresholds) and the digits
 # control: the two rules only
 SIDE_VARIANTS = ("paper", "cdf")
@@ -152,6 +151,7 @@ def warm_heads(task, seed, setting, feats, boosted, args, cache: Path) -> tuple[
         heads.load_state_dict(load_tensors(path))
         return heads, log
     log = train_ims(heads, feats["exit_train"], feats["val"], epochs=args.warmup_epochs,
+                    patience=5,
                     seed=derive_seed(hseed, "warmup", boosted), boosted=boosted)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(heads.state_dict(), path)
@@ -203,7 +203,8 @@ def jei_rows(task, setting, feats, warm, costs, args, seed_parts) -> tuple[list[
     variants = [v for v in args.variants if task.difficulty_name or not VARIANTS[v][2]]
     if setting != "linear" or not task.difficulty_name:  # side settings and the control
         variants = [v for v in variants if v in SIDE_VARIANTS]
-    grid = [(v, lam) for v in variants for lam in args.lambdas]
+    lambdas = args.lambdas if args.lambdas is not None else list(task.lambdas)
+    grid = [(v, lam) for v in variants for lam in lambdas]
     heads = copy.deepcopy(warm).replicate(len(grid))
     rules = [VARIANTS[v][0] for v, _ in grid]
     losses = [VARIANTS[v][1] for v, _ in grid]
@@ -254,7 +255,7 @@ def run_unit(task_name: str, seed: int, settings: list[str], args,
     feats = None
     for setting in settings:
         key = {"task": repr(task), "seed": seed, "setting": setting, "variants": args.variants,
-               "lambdas": list(args.lambdas), "jei_steps": args.jei_steps, "switch": args.switch,
+               "lambdas": args.lambdas, "jei_steps": args.jei_steps, "switch": args.switch,
                "warmup": args.warmup_epochs, "version": 2}
         path = cache / task.name / f"seed{seed}" / f"points_{setting}_{_key(key)}.json"
         cached = read_json(path)
@@ -331,8 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unequal", type=_names(TASKS), default=[],
                    help="tasks that also get IMs of unequal capacity")
     p.add_argument("--variants", type=_names(VARIANTS), default=list(VARIANTS))
-    p.add_argument("--lambdas", type=_floats, default=list(LAMBDAS))
-    p.add_argument("--warmup-epochs", type=int, default=40)
+    p.add_argument("--lambdas", type=_floats, default=None,
+                   help="cost weights for every task (default: each task's own grid)")
+    p.add_argument("--warmup-epochs", type=int, default=20)
     p.add_argument("--jei-steps", type=int, default=6000,
                    help="joint batches in all (half gate phases, half IM phases)")
     p.add_argument("--switch", type=int, default=200, help="batches per gate/IM phase")
@@ -370,7 +372,7 @@ def _main(args, argv) -> int:
     _check_args(args)
     if args.quick:
         args.jei_steps, args.switch, args.warmup_epochs = 300, 50, 5
-        if args.lambdas == list(LAMBDAS):
+        if args.lambdas is None:
             args.lambdas = [0.0, 0.5, 2.5]
     out = Path(args.out)
     cache = Path(args.cache) if args.cache else (
@@ -398,7 +400,9 @@ def _main(args, argv) -> int:
 
     report.write_all(rows, meta, out, {"seconds": seconds, "argv": list(argv or []),
                                        "jobs": args.jobs, "threads": args.threads,
-                                       "quick": args.quick, "lambdas": list(args.lambdas),
+                                       "quick": args.quick,
+                                       "lambdas": {t: args.lambdas or list(make_task(t).lambdas)
+                                                   for t in args.tasks},
                                        "seeds": args.seeds, "jei_steps": args.jei_steps,
                                        "switch": args.switch, "cpus": os.cpu_count(),
                                        "parent_cpu_seconds": time.process_time() - c0,

@@ -79,6 +79,8 @@ class ExitTask:
     backbone_lr: float = 3e-3
     batch_size: int = 128
     sizes: dict = field(default_factory=dict)
+    # JEI-DNN's cost weights: denser where the task's exit distribution moves
+    lambdas: tuple = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0)
 
     @property
     def n_classes(self) -> int:
@@ -135,6 +137,7 @@ class FoldTask(ExitTask):
     width: int = 32
     depth: int = 6
     backbone_steps: int = 2000
+    lambdas: tuple = (0.0, 0.5, 1.0, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0)
     sizes: dict = field(
         default_factory=lambda: {"exit_train": 16000, "val": 4000, "calib": 4000, "test": 8000}
     )
@@ -270,7 +273,7 @@ class MnistCTask(ExitTask):
     patch: int = 7
     width: int = 32
     depth: int = 6
-    backbone_steps: int = 1200
+    backbone_steps: int = 1000
     exit_copies: int = 3  # corrupted copies of each exit-training image (random severities)
     fractions: dict = field(
         default_factory=lambda: {"backbone": 0.5, "exit_train": 0.26, "val": 0.08,

@@ -80,6 +80,7 @@ def _lambda_table(v: pd.DataFrame) -> str:
     t["variant"] = t["variant"].map(VARIANT_TEXT)
     t = t.rename(columns={"cost_at_lambda0": "cost at lambda=0", "min_cost": "min cost",
                           "max_cost": "max cost", "largest_rise": "largest rise",
+                          "largest_gap": "largest step",
                           "spans_0_3_to_0_9": "covers 0.3-0.9"})
     return to_markdown(t)
 
@@ -234,7 +235,9 @@ def write_readme(frames: dict, run: dict, out: Path) -> None:
         "the first g_l >= 0.5, pi_l the differences of the running maximum of g, plain BCE. "
         "Both use the same exit-subsequent targets t_l = 1[l >= l*]. `largest rise`: the "
         "largest increase of mean cost from one lambda to the next (monotone: none above "
-        "0.02). The full map with exit shares: `lambda_cost.md`, `lambda_cost.png`, "
+        "0.02), `largest step` the largest change either way (how finely the grid resolves "
+        "the map). Each task has its own lambda grid, denser where its exits move. The full "
+        "map with exit shares: `lambda_cost.md`, `lambda_cost.png`, "
         "`exit_histograms.png`.",
         "",
         _lambda_table(lv),

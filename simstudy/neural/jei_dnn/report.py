@@ -165,6 +165,7 @@ def lambda_cost(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                             cost_at_lambda0=float(c[0]), min_cost=float(c.min()),
                             max_cost=float(c.max()), largest_rise=float(max(rises.max(), 0))
                             if rises.size else 0.0,
+                            largest_gap=float(np.abs(rises).max()) if rises.size else 0.0,
                             monotone=bool(np.all(rises <= 0.02)),
                             spans_0_3_to_0_9=bool(c.min() <= 0.3 + 1e-9 and c.max() >= 0.9)))
     return lc, pd.DataFrame(verdict)
