@@ -678,3 +678,46 @@ def test_bad_options_are_one_line_errors(capfd):
     assert "--seeds: must be >= 1" in capfd.readouterr().err
     with pytest.raises(SystemExit):
         main(["--tasks", "cifar"])
+
+
+# -- report ----------------------------------------------------------------------------------
+def _row(seed, method, param, cost, acc, ece=0.05, variant=""):
+    return {"task": "fold", "setting": "linear", "seed": seed, "method": method,
+            "variant": variant, "param": param, "accuracy": acc, "acc_chunk_sd": 0.0,
+            "cost": cost, "cost_chunk_sd": 0.0, "ece": ece, "mean_exit": 1.0,
+            "exit_counts": [1, 1]}
+
+
+def test_matched_cost_comparison_hand_case():
+    from simstudy.neural.jei_dnn.readme import compare
+    from simstudy.neural.jei_dnn.report import (
+        curve_at,
+        lambda_cost,
+        matched,
+        matched_verdicts,
+        points_frame,
+    )
+
+    rows = []
+    for seed, bump in ((0, 0.00), (1, 0.01), (2, 0.02)):
+        rows += [_row(seed, "threshold", t, c, a) for t, c, a in
+                 ((0.9, 1.0, 0.9), (0.5, 0.5, 0.6), (0.1, 0.2, 0.3))]
+        # JEI 0.1 above the threshold curve at cost 0.75 (curve: 0.75) and at 0.35 (0.45)
+        rows += [_row(seed, "jei", 0.0, 0.75, 0.85 + bump, 0.03, "cdf"),
+                 _row(seed, "jei", 1.0, 0.35, 0.55 + bump, 0.03, "cdf"),
+                 _row(seed, "jei", 9.0, 0.1, 0.2, 0.03, "cdf")]  # outside the curve's range
+    df = points_frame(rows)
+    t = df[(df["method"] == "threshold") & (df["seed"] == 0)]
+    assert curve_at(t, 0.75, "accuracy") == (pytest.approx(0.75), True)
+    assert curve_at(t, 0.1, "accuracy")[1] is False
+    m = matched(df)
+    r = m[m["lambda"] == 0.0].iloc[0]
+    assert r["d_accuracy"] == pytest.approx(0.11) and r["d_ece"] == pytest.approx(-0.02)
+    assert r["d_accuracy_sd"] == pytest.approx(0.01) and r["in_range"]
+    v = matched_verdicts(m).iloc[0]
+    assert v["points"] == 2 and v["better"] == 2 and v["worse"] == 0
+    assert compare(v).startswith("beats the global threshold")
+    lc, verdict = lambda_cost(df)
+    row = verdict[verdict["variant"] == "cdf"].iloc[0]
+    assert row["monotone"] and row["min_cost"] == pytest.approx(0.1)
+    assert row["max_cost"] == pytest.approx(0.75) and not row["spans_0_3_to_0_9"]

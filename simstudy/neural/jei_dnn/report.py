@@ -294,6 +294,21 @@ STYLE = {
 }
 
 
+# reference-point labels (``jei_<variant>`` or a baseline name) -> (method, variant)
+PICK_KEYS = {"jei_paper": ("jei", "paper"), "jei_cdf": ("jei", "cdf"),
+             "jei_cdf_level": ("jei", "cdf_level"), "jei_paper_mean": ("jei", "paper_mean"),
+             "threshold": ("threshold", ""), "per_exit_threshold": ("per_exit_threshold", ""),
+             "boosted": ("boosted", ""), "oracle": ("oracle", "")}
+
+
+def _pick_style(label: str) -> tuple[str, dict]:
+    """Legend text and a fixed style for a reference-point label, the same in every panel."""
+    key = PICK_KEYS.get(label, (label, ""))
+    st = dict(STYLE.get(key, dict(color="k")))
+    st.setdefault("marker", ".")
+    return LABELS.get(key, label), st
+
+
 def _panels(df: pd.DataFrame) -> list[tuple[str, str]]:
     have = set(zip(df["task"], df["setting"], strict=True))
     return [p for p in PANELS if p in have] + sorted(have - set(PANELS))
@@ -370,19 +385,13 @@ def fig_difficulty(dt: pd.DataFrame, out: Path, plt) -> None:
     d = dt[(dt["ref_cost"] == 0.6) & (dt["setting"] == "linear")]
     tasks = sorted(d["task"].unique())
     fig, axes = plt.subplots(2, len(tasks), figsize=(5.2 * len(tasks), 6.4), squeeze=False)
-    names = {"jei_paper": ("jei", "paper"), "jei_cdf": ("jei", "cdf"),
-             "jei_cdf_level": ("jei", "cdf_level"), "jei_paper_mean": ("jei", "paper_mean"),
-             "threshold": ("threshold", ""), "per_exit_threshold": ("per_exit_threshold", ""),
-             "boosted": ("boosted", ""), "oracle": ("oracle", "")}
     for j, task in enumerate(tasks):
         s = d[d["task"] == task]
         for method, g in s.groupby("method"):
-            key = names.get(method, (method, ""))
-            st = dict(STYLE.get(key, dict(color="k")))
-            st.setdefault("marker", ".")
+            name, st = _pick_style(method)
             g = g.sort_values("level")
             cost = (g["cost"] * g["n"]).sum() / g["n"].sum()
-            lab = f"{LABELS.get(key, method)} (cost {cost:.2f})"
+            lab = f"{name} (cost {cost:.2f})"
             axes[0][j].errorbar(g["level"], g["mean_exit"], yerr=g["mean_exit_sd"].fillna(0),
                                 capsize=2, ms=4, label=lab, **st)
             axes[1][j].errorbar(g["level"], g["accuracy"], yerr=g["accuracy_sd"].fillna(0),
@@ -436,17 +445,22 @@ def fig_conformal(ct: pd.DataFrame, out: Path, plt) -> None:
         s = c[(c["task"] == task) & (c["setting"] == setting)]
         for method, g in s.groupby("method"):
             g = g.sort_values("alpha")
+            name, st = _pick_style(method)
+            st["ms"] = 3
             axes[0][j].errorbar(g["alpha"], g["coverage"], yerr=g["coverage_sd"].fillna(0),
-                                marker="o", ms=3, capsize=2, label=method)
+                                capsize=2, label=name, **st)
             axes[1][j].errorbar(g["alpha"], g["set_size"], yerr=g["set_size_sd"].fillna(0),
-                                marker="o", ms=3, capsize=2, label=method)
+                                capsize=2, label=f"{name} (cost {g['point_cost'].mean():.2f})",
+                                **st)
         a = np.array(sorted(s["alpha"].unique()))
         axes[0][j].plot(a, 1 - a, "k--", lw=0.8, label="1 - alpha")
-        axes[0][j].set_title(f"{task} ({setting}): conformal at cost ~0.6", fontsize=9)
+        axes[0][j].set_title(f"{task} ({SETTING_TEXT.get(setting, setting)})", fontsize=9)
         axes[1][j].set_xlabel("alpha")
+        axes[1][j].legend(fontsize=5)
     axes[0][0].set_ylabel("empirical coverage")
     axes[1][0].set_ylabel("mean set size")
-    axes[0][0].legend(fontsize=6)
+    fig.suptitle("Split conformal with per-exit thresholds, each method at the cost of the CDF "
+                 "rule's point nearest 0.6", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "conformal.png", dpi=110)
     plt.close(fig)
