@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks import bench_em, bench_engine, bench_losses
+from benchmarks import bench_em, bench_engine, bench_losses, bench_store
 
-BENCHMARKS = {"em": bench_em, "engine": bench_engine, "losses": bench_losses}
+BENCHMARKS = {"em": bench_em, "engine": bench_engine, "losses": bench_losses,
+              "store": bench_store}
 
 
 def main(argv=None) -> int:

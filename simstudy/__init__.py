@@ -11,7 +11,15 @@ Folders say what they hold:
 - :mod:`simstudy.neural` -- torch benchmarks of neural gating (optional extra).
 """
 
-from simstudy.model.params import MoEParams
-
 __version__ = "0.1.0"
 __all__ = ["MoEParams", "__version__"]
+
+
+def __getattr__(name):
+    # MoEParams loads numpy and scipy: only when asked for, so that `simstudy --help` and the
+    # other commands' help start at once
+    if name == "MoEParams":
+        from simstudy.model.params import MoEParams
+
+        return MoEParams
+    raise AttributeError(f"module 'simstudy' has no attribute {name!r}")

@@ -189,3 +189,52 @@ def em_iteration(X, y, beta0, beta1, a, b, v, K, ref, var_floor=1e-6, ridge=1e-1
                 return b0, b1, a, b, v, lt
             t *= 0.5
     return beta0, beta1, a, b, v, loglik(X, y, beta0, beta1, a, b, v, K)
+
+
+def obs_hess(X, y, beta0, beta1, a, b, v, K, ref):
+    """Gradient and Hessian of the observed log-likelihood with the active sets held.
+
+    Per point, l = log sum_i exp(lj_i) - log sum_i exp(eta_i) over the active set. With the
+    Jacobians J (rows d lj_i / d theta) and Jw (rows d eta_i / d theta) and the Hessians of
+    each lj_i written out entry by entry, the chain rule for a log-sum-exp gives
+    Hess = J' (diag r - r r') J + sum_i r_i Hess lj_i - Jw' (diag w - w w') Jw.
+    Returns (grad, H).
+    """
+    n, d = X.shape
+    k = beta0.shape[0]
+    p = d + 1
+    free = [j for j in range(k) if j != ref]
+    ng = len(free) * p
+    m = ng + k * p + k
+    mask = active(X, beta1, K)
+    grad = np.zeros(m)
+    H = np.zeros((m, m))
+    for t in range(n):
+        z = np.append(X[t], 1.0)
+        idx = np.flatnonzero(mask[t])
+        eta = np.array([beta1[i] @ X[t] + beta0[i] for i in idx])
+        e = np.array([y[t] - a[i] @ X[t] - b[i] for i in idx])
+        vi = v[idx]
+        lj = eta - 0.5 * np.log(2 * np.pi * vi) - e**2 / (2 * vi)
+        r = np.exp(lj - logsumexp(lj))
+        w = np.exp(eta - logsumexp(eta))
+        J = np.zeros((idx.size, m))
+        Jw = np.zeros((idx.size, m))
+        hess_lj = np.zeros((idx.size, m, m))
+        for row, i in enumerate(idx):
+            if i != ref:
+                g0 = free.index(i) * p
+                J[row, g0 : g0 + p] = z
+                Jw[row, g0 : g0 + p] = z
+            x0 = ng + i * p
+            t0 = ng + k * p + i
+            J[row, x0 : x0 + p] = e[row] / vi[row] * z
+            J[row, t0] = 0.5 * (e[row] ** 2 / vi[row] - 1.0)
+            hess_lj[row, x0 : x0 + p, x0 : x0 + p] = -np.outer(z, z) / vi[row]
+            hess_lj[row, x0 : x0 + p, t0] = -e[row] / vi[row] * z
+            hess_lj[row, t0, x0 : x0 + p] = -e[row] / vi[row] * z
+            hess_lj[row, t0, t0] = -0.5 * e[row] ** 2 / vi[row]
+        grad += J.T @ r - Jw.T @ w
+        H += J.T @ (np.diag(r) - np.outer(r, r)) @ J + np.tensordot(r, hess_lj, axes=1)
+        H -= Jw.T @ (np.diag(w) - np.outer(w, w)) @ Jw
+    return grad, H

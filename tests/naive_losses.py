@@ -47,20 +47,52 @@ def deltas(fitted, truth, i, j):
     )
 
 
+def naive_exponent(p, m):
+    """s of the per-parameter error: rbar(m) for beta1 (p=0) and b (p=2), rbar(m)/2 for a and v."""
+    if m == 1:
+        return 1.0
+    if m not in RBAR:
+        return None
+    return float(RBAR[m]) if p in (0, 2) else RBAR[m] / 2
+
+
 def naive_losses(fitted, truth):
-    """Dict with 'kind', 'value' (max over K-subsets, literally), per-cell lists."""
+    """Dict with 'kind', 'value' (max over K-subsets, literally), per-cell lists.
+
+    'errs' are the weighted power means e_j^(p) of spec section 3 (p = beta1, a, b, v),
+    'heavy' the heaviest atom's |Delta|, 'umax' the unweighted max, 'wmin' the lightest weight.
+    A dense fit (K-bar = k) of a sparse truth (K < k*) makes every cell-based value NaN.
+    """
     labels = naive_cells(fitted, truth)
     kind = "D1" if fitted.k == truth.k else "D2"
-    terms, masses, sizes, errs = [], [], [], []
+    terms, masses, sizes, errs, heavy, umax, wmin = [], [], [], [], [], [], []
     for j in range(truth.k):
         cell = [i for i in range(fitted.k) if labels[i] == j]
         sizes.append(len(cell))
         masses.append(abs(sum(math.exp(fitted.beta0[i]) for i in cell) - math.exp(truth.beta0[j])))
         if not cell:
             terms.append(math.nan)
-            errs.append([math.nan] * 4)
+            for lst in (errs, heavy, umax):
+                lst.append([math.nan] * 4)
+            wmin.append(math.nan)
             continue
-        errs.append([max(deltas(fitted, truth, i, j)[p] for i in cell) for p in range(4)])
+        wts = {i: math.exp(fitted.beta0[i]) for i in cell}
+        heaviest = cell[0]
+        for i in cell:
+            if wts[i] > wts[heaviest]:
+                heaviest = i
+        wmin.append(min(wts.values()))
+        heavy.append(list(deltas(fitted, truth, heaviest, j)))
+        umax.append([max(deltas(fitted, truth, i, j)[p] for i in cell) for p in range(4)])
+        row = []
+        for p in range(4):
+            s = naive_exponent(p, len(cell))
+            if s is None:
+                row.append(math.nan)
+                continue
+            num = sum(wts[i] * deltas(fitted, truth, i, j)[p] ** s for i in cell)
+            row.append((num / sum(wts.values())) ** (1 / s))
+        errs.append(row)
         if kind == "D1" or len(cell) == 1:
             e1 = 0.0
             for i in cell:
@@ -83,6 +115,13 @@ def naive_losses(fitted, truth):
             best = math.nan
             break
         best = max(best, total)
+    if fitted.K == fitted.k and truth.K < truth.k:  # dense fit of a sparse truth
+        best = math.nan
+        masses = [math.nan] * truth.k
+        errs = [[math.nan] * 4 for _ in range(truth.k)]
+        heavy = [[math.nan] * 4 for _ in range(truth.k)]
+        umax = [[math.nan] * 4 for _ in range(truth.k)]
+        wmin = [math.nan] * truth.k
     return {
         "kind": kind,
         "value": best,
@@ -90,6 +129,11 @@ def naive_losses(fitted, truth):
         "sizes": sizes,
         "masses": masses,
         "errs": errs,
+        "heavy": heavy,
+        "umax": umax,
+        "wmin": wmin,
+        "max_abs_beta1": max(math.sqrt(sum(c * c for c in fitted.beta1[i]))
+                             for i in range(fitted.k)),
     }
 
 

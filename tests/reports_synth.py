@@ -47,6 +47,11 @@ def synth_table(configs, n_values=(1000, 2000, 4000, 8000, 16000, 32000), reps=2
                         row[m] = 0.0 if e.kind == "fixed" else val
                     for j, size in enumerate(cfg.cell_sizes, start=1):
                         row[f"cell_size_{j}"] = int(size)
+                        # diagnostics: the lightest weight fades like n^-1/4 in a shared cell
+                        w = np.exp(cfg.truth.beta0[j - 1]) / size
+                        row[f"wmin_{j}"] = w * (n / 1000) ** -0.25 if size > 1 else w
+                    row["ref_atom_cell"] = cfg.truth.ref + 1
+                    row["max_abs_beta1"] = float(np.abs(cfg.truth.beta1).max())
                     row["loss_note"] = ""
                     rows.append(row)
     return pd.DataFrame(rows)

@@ -216,13 +216,20 @@ def test_near_truth_start_layout():
     assert np.all(p1.v >= t.v) and np.all(p1.v - t.v < 0.005 * 50**-0.25 * 6)
 
 
-@pytest.mark.parametrize(
-    "rs", [0, np.random.SeedSequence(3), np.random.default_rng(3), None], ids=str
-)
-def test_random_state_kinds(rs):
+def test_random_state_kinds():
+    """Every accepted kind of random_state drives the start: an int, a SeedSequence and a
+    Generator seeded alike give the same fit (numpy derives one stream from each); another
+    seed, and None (fresh entropy), give another start and so another fit."""
     X, y = draw(DES_S, 500, 2)
-    res = TopKMoEEM(2, 2, true_params=DES_S.params, random_state=rs, max_iter=20).fit(X, y)
-    assert np.isfinite(res.loglik)
+
+    def fit(rs):
+        est = TopKMoEEM(2, 2, true_params=DES_S.params, random_state=rs, max_iter=20)
+        return fit_quiet(est, X, y).params
+
+    same = [fit(3), fit(np.random.SeedSequence(3)), fit(np.random.default_rng(3))]
+    assert same[0] == same[1] == same[2]
+    assert fit(4) != same[0]
+    assert fit(None) != same[0] and fit(None) != fit(None)
 
 
 def test_same_seed_same_fit():
@@ -297,12 +304,21 @@ def test_max_iter_warns_and_reports():
 
 
 def test_K1_keeps_the_gating_and_is_monotone():
+    """With K = 1 the likelihood does not depend on beta0 and is piecewise constant in beta1:
+    the gating must stay exactly at its (noisy) start while the experts are fitted."""
     truth = get_design("T", K=1).params
     X, y = sample(truth, 1000, DES_T.inputs, np.random.default_rng(0))
-    res = fit_quiet(TopKMoEEM(3, 1, true_params=truth, init_noise=0.1, random_state=0,
-                              max_iter=100), X, y)  # fmt: skip
+    est = TopKMoEEM(3, 1, true_params=truth, init_noise=0.1, random_state=0, max_iter=100)
+    res = fit_quiet(est, X, y)
     assert_monotone(res.loglik_trace)
     assert res.stop_reason == "tol"
+    # the start of the fit: restart 0 of the generator that fit() seeds from random_state
+    start = est._to_params(est._initialize(np.random.default_rng(0), 0))
+    assert not np.array_equal(start.beta1, truth.beta1)  # the noise moved the gating
+    np.testing.assert_array_equal(res.params.beta0, start.beta0)
+    np.testing.assert_array_equal(res.params.beta1, start.beta1)
+    # ... while the experts moved away from their start
+    assert np.max(np.abs(res.params.a - start.a)) > 1e-3
 
 
 # -- validation ----------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -23,26 +22,17 @@ from simstudy.engine import (
     run_study,
     store_path,
 )
-from simstudy.engine.fakes import failing_fake_task, fake_task
+from simstudy.engine.fakes import failing_fake_task, fake_task, slow_fake_task
 from simstudy.engine.store import ResultStore
+from tests.engine_helpers import KILL, ROOT, SMALL, run
 
-DATA = Path(__file__).parent / "data"
-SMALL = DATA / "engine_small.toml"
-KILL = DATA / "engine_kill.toml"
-ROOT = Path(__file__).resolve().parents[1]
-TIMING = ["seconds"]
+TIMING = ["seconds", "created"]
 
 
 def comparable(df: pd.DataFrame) -> pd.DataFrame:
     """Rows minus timing columns, in a canonical order."""
     return (df.drop(columns=TIMING).sort_values(["condition_id", "rep"])
             .reset_index(drop=True))
-
-
-def run(spec, store, **kw):
-    kw.setdefault("progress", False)
-    kw.setdefault("task_fn", fake_task)
-    return run_study(spec, store_dir=store, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +49,8 @@ def test_run_stores_every_task(reference):
     assert summary.total == summary.run == len(spec.tasks()) == 18 and summary.skipped == 0
     assert len(df) == 18
     assert sum(summary.counts.values()) == 18
-    assert list(df.columns[: len(TIDY_COLUMNS) - 1]) == [
-        c for c in TIDY_COLUMNS if c not in TIMING][: len(TIDY_COLUMNS) - 1]
+    assert list(df.columns[: len(TIDY_COLUMNS) - len(TIMING)]) == [
+        c for c in TIDY_COLUMNS if c not in TIMING]
     assert {"hellinger", "tv", "loss_note"} <= set(df.columns)
     assert set(df["label"]) == {"exact", "over"} and set(df["protocol"]) == {"papers", "strict"}
     assert (df["study"] == "engine_small").all() and (df["spec_hash"] == spec.spec_hash).all()
@@ -116,9 +106,10 @@ def test_failing_task_is_stored_as_error(tmp_path):
     assert errors["message"].str.startswith("RuntimeError: injected failure").all()
     assert errors["loglik"].isna().all() and errors["params_json"].isna().all()
     assert (df.loc[df["rep"] != 1, "status"] != "error").all()
-    # errors count as done; --retry-errors reruns them (with a healthy task now)
+    # errors count as done; --retry-errors reruns them (with a healthy task now, which is
+    # another task function: mixing its rows in must be asked for)
     assert run(SMALL, tmp_path, jobs=1, task_fn=failing_fake_task).run == 0
-    again = run(SMALL, tmp_path, jobs=1, retry_errors=True)
+    again = run(SMALL, tmp_path, jobs=1, retry_errors=True, allow_mixed=True)
     assert again.run == 6 and again.failed == 0
     assert (load_results(SMALL, store_dir=tmp_path)["status"] != "error").all()
 
@@ -196,11 +187,14 @@ def test_interrupted_run_resumes_to_the_same_store(tmp_path):
     with ResultStore(db, readonly=True) as store:  # still readable after the kill
         after_kill = len(store.task_rows())
     assert 4 <= after_kill < total
-    resumed = run_study(KILL, jobs=1, store_dir=kill_dir, progress=False, task_fn=fake_task)
+    # resumed with the same task function (another one would be refused as mixed provenance)
+    resumed = run_study(KILL, jobs=2, store_dir=kill_dir, progress=False,
+                        task_fn=slow_fake_task)
     assert resumed.skipped == after_kill and resumed.run == total - after_kill
     run_study(KILL, jobs=1, store_dir=clean_dir, progress=False, task_fn=fake_task)
-    a = comparable(load_results(KILL, store_dir=kill_dir))
-    b = comparable(load_results(KILL, store_dir=clean_dir))
+    # slow_fake_task is fake_task after a sleep: the same rows, another task name
+    a = comparable(load_results(KILL, store_dir=kill_dir)).drop(columns="prov_task")
+    b = comparable(load_results(KILL, store_dir=clean_dir)).drop(columns="prov_task")
     assert len(a) == total and a.equals(b)
 
 
@@ -247,14 +241,16 @@ def test_invalid_run_options(tmp_path):
 
 
 def test_two_runs_never_share_a_store(tmp_path):
-    from simstudy.engine.runner import _lock_store
+    from simstudy.engine.errors import StoreLockedError
+    from simstudy.engine.store import StoreLock
 
-    held = _lock_store(store_path("engine_small", tmp_path))
+    held = StoreLock(store_path("engine_small", tmp_path)).acquire()
     try:
-        with pytest.raises(ValueError, match="store: another run is writing to"):
+        with pytest.raises(StoreLockedError, match="is locked by another run .pid "
+                           f"{os.getpid()} on "):
             run(SMALL, tmp_path, jobs=1)
     finally:
-        held.close()
+        held.release()
     assert run(SMALL, tmp_path, jobs=1).run == 18  # released: the run goes ahead
 
 

@@ -72,8 +72,12 @@ def test_matches_naive_reference_on_random_fits(seed):
     assert got.labels.tolist() == ref["labels"] == naive_cells(fitted, truth)
     assert got.cell_size.tolist() == ref["sizes"]
     assert_same(got.mass, ref["masses"])
-    for p, name in enumerate(("err_beta1", "err_a", "err_b", "err_v")):
-        assert_same(getattr(got, name), [e[p] for e in ref["errs"]])
+    for p, name in enumerate(("beta1", "a", "b", "v")):
+        assert_same(got.err[name], [e[p] for e in ref["errs"]], rtol=1e-10)
+        assert_same(got.heavy[name], [e[p] for e in ref["heavy"]])
+        assert_same(got.umax[name], [e[p] for e in ref["umax"]])
+    assert_same(got.wmin, ref["wmin"])
+    assert got.max_abs_beta1 == pytest.approx(ref["max_abs_beta1"], rel=1e-12)
     if math.isnan(ref["value"]):
         assert math.isnan(got.value)
         assert got.note != ""
@@ -189,10 +193,18 @@ def test_duplicated_atom_uses_rbar2_exponents_hand_computed():
     assert out["D2"] == pytest.approx(t1 + m1, rel=1e-10)
     assert out["cell_size_1"] == 2.0 and out["cell_size_2"] == 1.0 and out["cell_size_3"] == 1.0
     assert out["mass_1"] == pytest.approx(m1, rel=1e-12)
-    assert out["err_beta1_1"] == pytest.approx(0.2, rel=1e-10)
-    assert out["err_a_1"] == pytest.approx(0.2, rel=1e-10)
-    assert out["err_b_1"] == pytest.approx(0.3, rel=1e-10)
-    assert out["err_v_1"] == pytest.approx(0.04, rel=1e-10)
+    # headline errors: weighted power means, s = rbar(2) = 4 for beta1 and b, 2 for a and v
+    assert out["err_beta1_1"] == pytest.approx((6e-4) ** 0.25, rel=1e-10)  # (1e-4+.5*16e-4)/1.5
+    assert out["err_a_1"] == pytest.approx(0.03**0.5, rel=1e-10)  # (0.04 + 0.5 * 0.01) / 1.5
+    assert out["err_b_1"] == pytest.approx((4.15e-3 / 1.5) ** 0.25, rel=1e-10)
+    assert out["err_v_1"] == pytest.approx(0.0011**0.5, rel=1e-10)  # (16e-4 + .5e-4) / 1.5
+    # diagnostics: the heaviest atom (weight 1.0), the unweighted max, the lightest weight
+    assert [out[f"heavy_{p}_1"] for p in ("beta1", "a", "b", "v")] == pytest.approx(
+        [0.1, 0.2, 0.1, 0.04], rel=1e-10)
+    assert [out[f"umax_{p}_1"] for p in ("beta1", "a", "b", "v")] == pytest.approx(
+        [0.2, 0.2, 0.3, 0.04], rel=1e-10)
+    assert out["wmin_1"] == pytest.approx(0.5, rel=1e-12) and out["wmin_2"] == 1.0
+    assert out["ref_atom_cell"] == 2.0 and out["max_abs_beta1"] == pytest.approx(10.0)
     assert out["err_b_2"] == 0.0 and out["mass_3"] == pytest.approx(0.0, abs=1e-15)
     assert out["loss_note"] == ""
 
@@ -205,6 +217,76 @@ def test_three_atoms_use_rbar3_exponents():
     assert vl.cell_size.tolist() == [3, 1, 1]
     assert vl.T[0] == pytest.approx(t1, rel=1e-10)
     assert vl.value == pytest.approx(t1 + vl.mass[0], rel=1e-10)
+
+
+def test_three_atom_cell_errors_use_s6_and_s3_hand_computed():
+    # three atoms on spec expert 1, each weight e^0.5 / 3: s = 6 for beta1 and b, 3 for a and v
+    fitted = fit_T(owners=(0, 1, 2, 0, 0), b=[0.1, 0.0, 0.0, -0.2, 0.3],
+                   a=[0.1, 0.0, 0.0, 0.0, 0.2])
+    out = compute_metrics(fitted, T.params, T.inputs)
+    assert out["err_b_1"] == pytest.approx(((0.1**6 + 0.2**6 + 0.3**6) / 3) ** (1 / 6), rel=1e-10)
+    assert out["err_a_1"] == pytest.approx(((0.1**3 + 0.2**3) / 3) ** (1 / 3), rel=1e-10)
+    assert out["err_beta1_1"] == 0.0 and out["umax_b_1"] == pytest.approx(0.3)
+    assert out["heavy_b_1"] == pytest.approx(0.1)  # equal weights: the first atom
+
+
+def test_fading_atom_leaves_the_weighted_error_to_the_heavy_atom():
+    # spec expert 1 fitted by a heavy atom (b off by 0.01) and a light one (b off by 1.0)
+    t = T.params
+    for log_w, bound in ((-2.0, 0.53), (-8.0, 0.12), (-20.0, 0.0104)):
+        fitted = MoEParams(beta0=[0.5, 0.0, 1.0, log_w], beta1=t.beta1[[0, 1, 2, 0]],
+                           a=t.a[[0, 1, 2, 0]], b=[0.01, 3.0, -3.0, 1.0],
+                           v=t.v[[0, 1, 2, 0]], K=3, ref=1)  # fmt: skip
+        out = compute_metrics(fitted, t, T.inputs)
+        w1, w2 = math.exp(0.5), math.exp(log_w)
+        e = ((w1 * 0.01**4 + w2 * 1.0) / (w1 + w2)) ** 0.25
+        assert out["err_b_1"] == pytest.approx(e, rel=1e-10) and e < bound
+        assert out["umax_b_1"] == pytest.approx(1.0) and out["heavy_b_1"] == pytest.approx(0.01)
+        assert out["wmin_1"] == pytest.approx(w2, rel=1e-12)
+
+
+def test_power_mean_does_not_overflow_and_validates():
+    from simstudy.losses import power_mean
+
+    assert power_mean([800.0, 790.0], [1e200, 1e200], 6) == pytest.approx(1e200)
+    assert power_mean([0.0, 0.0], [0.0, 0.0], 4) == 0.0
+    assert power_mean([0.0, math.log(3.0)], [2.0, 0.0], 2) == pytest.approx(1.0)  # (4/4)^(1/2)
+    assert math.isnan(power_mean([0.0], [math.nan], 1))
+    with pytest.raises(ValueError, match="^s: the power must be > 0"):
+        power_mean([0.0], [1.0], 0)
+    with pytest.raises(ValueError, match="^log_weights: need one weight per value"):
+        power_mean([0.0, 1.0], [1.0], 1)
+
+
+def test_param_exponents():
+    from simstudy.losses import param_exponent
+
+    assert [param_exponent(p, 1) for p in ("beta1", "a", "b", "v")] == [1, 1, 1, 1]
+    assert [param_exponent(p, 2) for p in ("beta1", "a", "b", "v")] == [4, 2, 4, 2]
+    assert [param_exponent(p, 3) for p in ("beta1", "a", "b", "v")] == [6, 3, 6, 3]
+    assert param_exponent("a", 4) is None
+    with pytest.raises(ValueError, match="^p: unknown parameter 'mass'"):
+        param_exponent("mass", 2)
+
+
+def test_dense_fit_of_a_sparse_truth_is_undefined_with_the_reason():
+    # K-bar = k = 4 on design T (K = 2 < k* = 3): slopes diverge, cell losses mean nothing
+    fitted = fit_T(owners=(0, 1, 2, 0), beta1=[-0.5, 0.0, -0.3, 0.4]).replace(K=4)
+    out = compute_metrics(fitted, T.params, T.inputs)
+    assert math.isnan(out["D2"])
+    for j in (1, 2, 3):
+        for key in ("err_beta1", "err_a", "err_b", "err_v", "mass", "heavy_b", "umax_b", "wmin"):
+            assert math.isnan(out[f"{key}_{j}"]), key
+    assert "dense fit (K-bar = k = 4) of a sparse truth (K = 2 < k* = 3)" in out["loss_note"]
+    assert "gating slopes diverge (max |beta1| = 10.3)" in out["loss_note"]
+    assert out["max_abs_beta1"] == pytest.approx(10.3)
+    assert out["cell_size_1"] == 2.0  # the realised cells are still recorded
+    assert 0.0 < out["hellinger"] < 1.0 and 0.0 < out["tv"] < 1.0
+    # the same fit with K-bar = 3 (sparse) is defined
+    assert math.isfinite(compute_metrics(fitted.replace(K=3), T.params, T.inputs)["D2"])
+    # a dense truth fitted densely is an ordinary (dense) fit
+    dense = T.params.replace(K=3)
+    assert math.isfinite(compute_metrics(fit_T().replace(K=3), dense, T.inputs)["D1"])
 
 
 def test_empty_cell_gives_nan_and_reason():
@@ -225,11 +307,11 @@ def test_four_atom_cell_gives_nan_and_reason():
     fitted = fit_T(owners=(0, 1, 2, 0, 0, 0), b=[0.1, 0.0, 0.0, 0.1, -0.1, 0.2])
     out = compute_metrics(fitted, T.params, T.inputs)
     assert math.isnan(out["D2"])
-    assert (
-        "cell of true expert 1 has 4 atoms: rbar(4) is unknown (D2 undefined)" in (out["loss_note"])
-    )
+    assert ("cell of true expert 1 has 4 atoms: rbar(4) is unknown (D2 and its per-parameter "
+            "errors undefined)") in out["loss_note"]
     assert out["cell_size_1"] == 4.0
-    assert out["err_b_1"] == pytest.approx(0.2, rel=1e-10)  # per-parameter errors still defined
+    assert math.isnan(out["err_b_1"])  # no power s without rbar(4)
+    assert out["umax_b_1"] == pytest.approx(0.2, rel=1e-10)  # the diagnostics stay defined
     assert out["err_b_2"] == 0.0
 
 

@@ -5,6 +5,7 @@ import sys
 import types
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -106,7 +107,7 @@ def test_protocol_comparison_gap_is_matched_by_replication():
     df.loc[df.index[0], "n_iter"] = pd.NA
     comp = protocol_comparison(df, pd.DataFrame(
         {"label": ["kbar3"], "protocol": ["strict"], "metric": ["tv"], "slope": [-0.5],
-         "ci_low": [-0.6], "ci_high": [-0.4]}))
+         "ci95_low": [-0.6], "ci95_high": [-0.4]}))
     assert np.allclose(comp["per_n"]["median_loglik_gap_strict_minus_papers"], 2.5)
     assert (comp["per_n"]["pairs"] == 5).all()
     assert np.isnan(comp["slopes"]["slope_papers"]).all()
@@ -117,57 +118,95 @@ def test_protocol_comparison_gap_is_matched_by_replication():
 def fake_engine(monkeypatch):
     tables = {}
     mod = types.ModuleType("simstudy.engine")
-    mod.load_results = lambda spec: tables[Path(spec).stem]
+    mod.load_results = lambda spec, store_dir=None: tables.get(Path(spec).stem, pd.DataFrame(
+        columns=["label", "protocol", "n", "rep", "status"]))
     mod.run_study = lambda *a, **k: None
     # a spec whose every task is in the table (a complete study)
     mod.load_spec = lambda spec: types.SimpleNamespace(
-        tasks=lambda: [None] * len(tables[Path(spec).stem]))
+        tasks=lambda: [None] * len(tables.get(Path(spec).stem, [])))
     monkeypatch.setitem(sys.modules, "simstudy.engine", mod)
     return tables
 
 
-def test_build_writes_tables_figures_and_readme(tmp_path, fake_engine, capsys, monkeypatch):
+def test_build_writes_data_tables_figures_and_readme(tmp_path, fake_engine, capsys):
     spec = tmp_path / "sweep.toml"
     spec.write_text(SPEC.format(name="sweep"))
     fake_engine["sweep"] = small_table()
     out = tmp_path / "results"
-    assert build.main([str(spec), "--out", str(out)]) == 0
+    assert build.main([str(spec), "--out", str(out), "--n-boot", "99"]) == 0
+    assert "sweep: 80 fits from store" in capsys.readouterr().out
     tables = {p.name for p in (out / "tables").iterdir()}
     for suffix in ("rates.csv", "rates.md", "summary.csv", "summary.md", "protocols.csv",
-                   "protocols.md", "theory.csv", "meta.json", "cost.csv", "cost.md"):
-        assert f"sweep_{suffix}" in tables
+                   "protocols.md", "theory.csv", "meta.json", "cost.csv", "cost.md",
+                   "partitions.md", "diagnostics.md"):
+        assert f"sweep_{suffix}" in tables, suffix
     figs = {p.name for p in (out / "figures").iterdir()}
     assert {"sweep_D2.png", "sweep_hellinger.png", "sweep_tv.png", "sweep_params_kbar2.png",
-            "sweep_params_kbar3.png", "sweep_sweep.png"} <= figs
-    for p in [*(out / "tables").iterdir(), *(out / "figures").iterdir()]:
+            "sweep_params_kbar3.png"} <= figs
+    for p in (out / "tables").iterdir():
         assert p.stat().st_size > 0, p
+    # real, non-blank images (what they show is checked in tests/test_figures.py)
+    for p in (out / "figures").iterdir():
+        img = plt.imread(p)
+        assert img.ndim == 3 and img.shape[0] >= 400 and img.shape[1] >= 600, (p, img.shape)
+        assert len(np.unique(img.reshape(-1, img.shape[2]), axis=0)) > 50, p
     for p in (out / "tables").glob("*.md"):
         assert md_tables_ok(p.read_text()) >= 1, p
     rates = pd.read_csv(out / "tables" / "sweep_rates.csv")
     k2 = rates[(rates.label == "kbar2") & (rates.metric == "hellinger")]
-    assert k2.verdict.str.startswith("no guarantee").all()
+    assert (k2.verdict == "no guarantee").all()
+    md = (out / "tables" / "sweep_rates.md").read_text()
+    assert "| n range |" in md and "1e3-3e4 (4 n)" in md and "| fits per n |" in md
+    # the per-fit data are written beside the tables
+    data = pd.read_parquet(out / "data" / "sweep.parquet")
+    assert len(data) == 80 and {"n", "rep", "D2", "err_b_1", "cell_size_1"} <= set(data.columns)
     readme = (out / "README.md").read_text()
+    assert readme.startswith("# simstudy results\n\n## Headline rates")
     assert md_tables_ok(readme) >= 2
     assert "simstudy report " + str(spec) in readme and "statsmodels" in readme
     links = re.findall(r"\]\(([^)]+)\)", readme)
-    assert links and all((out / link).is_file() for link in links)
-    # headline = strict rows only
+    assert links and all((out / link).is_file() for link in links
+                         if not link.startswith("../"))
+    assert "![sweep: sweep_D2](figures/sweep_D2.png)" in readme
+    assert "![sweep: sweep_params_kbar3_multi](figures/sweep_params_kbar3_multi.png)" in readme
     head = readme.split("## Headline")[1].split("##")[0]
-    assert "| strict |" in head and "| papers |" not in head
+    assert "| sweep | kbar3 | D2 |" in head and "| kbar2 | hellinger | none |" in head
     # a second study keeps the first one listed
     spec2 = tmp_path / "other.toml"
     spec2.write_text(SPEC.format(name="other"))
     fake_engine["other"] = small_table("other", seed=1)
-    assert build.main([str(spec2), "--out", str(out), "--no-figures"]) == 0
+    assert build.main([str(spec2), "--out", str(out), "--no-figures", "--n-boot", "99"]) == 0
     readme = (out / "README.md").read_text()
     assert "### sweep" in readme and "### other" in readme
-    # a sweep kept in one spec per setting: one combined figure, linked from the README
-    monkeypatch.setattr(build, "write_figures", lambda *a, **k: [])  # only the sweep: fast
-    assert build.main([str(spec), str(spec2), "--out", str(out), "--sweep", "both"]) == 0
-    assert (out / "figures" / "both_sweep.png").stat().st_size > 0
-    assert "(figures/both_sweep.png)" in (out / "README.md").read_text()
     assert build.main([str(tmp_path / "nope.toml"), "--out", str(out)]) == 2
     assert "spec: no such file" in capsys.readouterr().err
+    assert build.main([str(spec), "--out", str(out), "--n-boot", "5"]) == 2
+
+
+def test_report_rebuilds_from_the_committed_data_without_a_store(tmp_path, fake_engine,
+                                                                 capsys):
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(SPEC.format(name="sweep"))
+    out = tmp_path / "results"
+    # no store rows and no data: a clear error
+    assert build.main([str(spec), "--out", str(out), "--no-figures", "--n-boot", "99"]) == 2
+    assert "has no results" in capsys.readouterr().err
+    fake_engine["sweep"] = small_table()
+    assert build.main([str(spec), "--out", str(out), "--no-figures", "--n-boot", "99"]) == 0
+    first = pd.read_csv(out / "tables" / "sweep_rates.csv")
+    del fake_engine["sweep"]  # the store is gone
+    capsys.readouterr()
+    assert build.main([str(spec), "--out", str(out), "--no-figures", "--n-boot", "99",
+                       "--from-data"]) == 0
+    assert "from " + str(out / "data" / "sweep.parquet") in capsys.readouterr().out
+    again = pd.read_csv(out / "tables" / "sweep_rates.csv")
+    pd.testing.assert_frame_equal(first, again)
+    # a data file of another study is refused
+    other = tmp_path / "other.toml"
+    other.write_text(SPEC.format(name="other"))
+    (out / "data" / "sweep.parquet").rename(out / "data" / "other.parquet")
+    assert build.main([str(other), "--out", str(out), "--no-figures", "--from-data"]) == 2
+    assert "holds study ['sweep'], not 'other'" in capsys.readouterr().err
 
 
 def test_readme_says_when_a_study_is_partial():
@@ -192,3 +231,67 @@ def test_cost_table_counts_fits_seconds_and_stops():
     row = cost.iloc[0]
     assert row["median_iter"] == 20 and row["max_s"] == 3.0 and row["total_s"] == 4.0
     assert row["stops"] in ("strict 1, stalled 1", "stalled 1, strict 1")
+
+
+EXACT_AND_OVER2 = """
+[study]
+name = "{name}"
+root_seed = 1
+replications = 5
+[design]
+name = "T"
+[n_grid]
+values = [1000, 3000, 10000, 30000]
+[[fit]]
+label = "exact"
+k = 3
+K = 2
+protocols = ["strict"]
+[[fit]]
+label = "over2"
+k = 5
+K = 4
+extra_atoms = [1, 1]
+protocols = ["strict"]
+"""
+
+
+def test_cross_study_m_atoms_table_figure_and_stale_outputs(tmp_path, fake_engine):
+    from simstudy.reports.figures import atoms_figure
+
+    out = tmp_path / "results"
+    spec = tmp_path / "sweep.toml"  # m = 2 (kbar3)
+    spec.write_text(SPEC.format(name="sweep"))
+    fake_engine["sweep"] = small_table()
+    spec2 = tmp_path / "mixed.toml"  # m = 1 (exact) and m = 3 (over2)
+    spec2.write_text(EXACT_AND_OVER2.format(name="mixed"))
+    cfgs = [design_config("exact"), design_config("over2", k=5, Kbar=4, extra=(0, 0))]
+    fake_engine["mixed"] = synth_table(cfgs, n_values=(1000, 3000, 10000, 30000), reps=5,
+                                       study="mixed", seed=3)
+    # a stale figure listed by a previous build of "sweep" is removed by the rebuild
+    (out / "tables").mkdir(parents=True)
+    (out / "figures").mkdir()
+    (out / "figures" / "sweep_old.png").write_bytes(b"x")
+    (out / "tables" / "sweep_meta.json").write_text('{"files": ["figures/sweep_old.png"]}')
+    # an older build of another study (old rate columns) is named, not summarised
+    (out / "tables" / "old_meta.json").write_text('{"study": "old", "files": []}')
+    (out / "tables" / "old_rates.csv").write_text("study,label,metric,slope\nold,x,D1,-0.5\n")
+    assert build.main([str(spec), str(spec2), "--out", str(out), "--n-boot", "99"]) == 0
+    assert not (out / "figures" / "sweep_old.png").exists()
+    at = pd.read_csv(out / "tables" / "expert1_atoms.csv")
+    assert sorted(set(at["m"])) == [1, 2, 3] and set(at["design"]) == {"T"}
+    exp = at.set_index(["m", "param"])["expected"]
+    assert exp[(1, "b")] == -0.5 and exp[(2, "b")] == -1 / 8 and exp[(3, "b")] == -1 / 12
+    assert exp[(2, "a")] == -1 / 4 and exp[(3, "v")] == -1 / 6
+    readme = (out / "README.md").read_text()
+    assert "## Expert 1 fitted by m = 1, 2, 3 atoms" in readme
+    assert "![expert 1 fitted by m atoms](figures/expert1_atoms.png)" in readme
+    assert "Tables of old were written by an older simstudy" in readme
+    fig = atoms_figure(at)
+    titles = [ax.get_title() for ax in fig.axes if ax.axison]
+    assert titles == [f"design T: expert 1, {p}" for p in ("beta1", "a", "b", "v")]
+    ax = fig.axes[2]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["m = 1", "m = 2", "m = 3"]
+    guide = [ln for ln in ax.get_lines() if ln.get_gid() == "theory"][0]
+    assert np.allclose(guide.get_ydata(), [-0.5, -1 / 8, -1 / 12])
+    assert len(ax.containers) == 1  # the measured slopes with their intervals

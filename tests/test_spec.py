@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simstudy.engine.seeds import data_seed, fit_seed
+from simstudy.engine.seeds import data_seed
 from simstudy.engine.spec import SpecError, load_spec
 
 BASE = """
@@ -150,8 +150,8 @@ def test_design_K_override(tmp_path):
                                                         "array of integers"]),
         # impossible values
         ("K = 2\nprotocols", "K = 4\nprotocols", ["key 'fit[0].K'", "1 <= K <= k = 3"]),
-        ("values = [100, 300]", "values = [0, 300]", ["key 'n_grid.values'", ">= 1"]),
-        ("values = [100, 300]", "min = 0\nmax = 10\nnum = 3", ["key 'n_grid.min'", ">= 1"]),
+        ("values = [100, 300]", "values = [0, 300]", ["key 'n_grid.values'", ">= 2"]),
+        ("values = [100, 300]", "min = 0\nmax = 10\nnum = 3", ["key 'n_grid.min'", ">= 2"]),
         ("values = [100, 300]", "min = 10\nmax = 12\nnum = 5", ["key 'n_grid.num'",
                                                               "not distinct"]),
         ("values = [100, 300]", "values = [100, 100]", ["key 'n_grid.values'", "duplicate"]),
@@ -297,11 +297,23 @@ def test_seeds_common_random_numbers(tmp_path):
         assert len(fit_draws) == len(group)
     data_draws = {np.random.default_rng(g[0].data_seed()).random() for g in by_key.values()}
     assert len(data_draws) == len(by_key)
+    # a task's seeds are functions of content: another study with other fits, labels and [em]
+    # settings over the same design and root seed draws the same data at (n, rep), and the
+    # same fit stream for a condition of the same content; another root seed moves both
     t = tasks[0]
-    assert (data_seed(t.root_seed, t.design_hash, t.rep, t.n).generate_state(4)
-            == t.data_seed().generate_state(4)).all()
-    assert (fit_seed(t.root_seed, t.condition_id, t.rep).generate_state(4)
-            == t.fit_seed().generate_state(4)).all()
+    other = load_spec(write(tmp_path, BASE.replace('label = "exact"', 'label = "renamed"')
+                            .replace("max_iter = 50", "max_iter = 60"), "s2"))
+    twin = next(u for u in other.tasks() if (u.n, u.rep) == (t.n, t.rep))
+    assert twin.condition_id != t.condition_id  # the [em] override is part of the condition
+    assert (twin.data_seed().generate_state(4) == t.data_seed().generate_state(4)).all()
+    renamed = load_spec(write(tmp_path, BASE.replace('label = "exact"', 'label = "renamed"'),
+                              "s3")).tasks()[0]
+    assert renamed.condition_id == t.condition_id and renamed.label != t.label
+    assert (renamed.fit_seed().generate_state(4) == t.fit_seed().generate_state(4)).all()
+    reseeded = load_spec(write(tmp_path, BASE.replace("root_seed = 11", "root_seed = 12"),
+                               "s4")).tasks()[0]
+    assert (reseeded.data_seed().generate_state(4) != t.data_seed().generate_state(4)).any()
+    assert (reseeded.fit_seed().generate_state(4) != t.fit_seed().generate_state(4)).any()
     with pytest.raises(ValueError, match="rep: expected an integer >= 0"):
         data_seed(1, t.design_hash, -1, 10)
     with pytest.raises(ValueError, match="n: expected an integer >= 1"):
@@ -348,3 +360,131 @@ def test_true_K_errors(tmp_path, text, needles):
     err = spec_error(tmp_path, text)
     for needle in needles:
         assert needle in str(err), (needle, str(err))
+
+
+# -- every problem at once, types, estimator options, size limits (issue 13) --------------------
+def test_every_problem_is_reported_at_once(tmp_path):
+    text = (BASE.replace("replications = 2", "replications = 0")
+            .replace("values = [100, 300]", "values = [100, 1]")
+            .replace("label = \"over\"", "label = \"over\"\ncolour = \"red\"")
+            .replace("max_iter = 50", "max_iter = 50\ntol = -1.0"))
+    err = spec_error(tmp_path, text)
+    keys = [p.key for p in err.problems]
+    assert keys == ["study.replications", "n_grid.values", "em.tol", "fit[1].colour"], keys
+    assert str(err).count("key '") == 4 and "4 problems" in str(err)
+    assert "\n" not in str(err)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "needles"),
+    [
+        ("v = [0.5, 0.5]", "v = [true, 0.5]",
+         ["key 'design.params.v'", "expected numbers, got a boolean (true) at [0]"]),
+        ("b = [0.0, 1.0]", 'b = [0.0, "3"]',
+         ["key 'design.params.b'", "expected numbers, got a string ('3') at [1]"]),
+        ("beta1 = [[0.0], [2.0]]", "beta1 = [[0.0], [false]]",
+         ["key 'design.params.beta1'", "at [1][0]"]),
+        ("a = [[1.0], [-1.0]]", "a = [1.0, -1.0]",
+         ["key 'design.params.a'", "array of arrays"]),
+        # a short beta0 is beta0's fault, not beta1's
+        ("beta0 = [0.0, 1.0]", "beta0 = [0.0]",
+         ["key 'design.params.beta0'", "has 1 entries", "k = 2"]),
+        ("b = [0.0, 1.0]", "b = [0.0, 1.0, 2.0]", ["key 'design.params.b'", "has 3 entries"]),
+        ("a = [[1.0], [-1.0]]", "a = [[1.0, 0.0], [-1.0, 0.0]]",
+         ["key 'design.params.a'", "rows of length 2", "d = 1"]),
+    ],
+)
+def test_inline_arrays_are_numbers_of_the_right_shape(tmp_path, old, new, needles):
+    assert old in INLINE
+    err = spec_error(tmp_path, INLINE.replace(old, new, 1))
+    for needle in needles:
+        assert needle in str(err), (needle, str(err))
+    assert len(err.problems) == 1, str(err)
+
+
+def test_sample_sizes_the_fit_cannot_take_are_refused(tmp_path):
+    err = spec_error(tmp_path, BASE.replace("values = [100, 300]", "values = [1]"))
+    assert "key 'n_grid.values'" in str(err) and "at least 2 data points" in str(err)
+
+
+def test_estimator_options_are_checked_at_validation(tmp_path):
+    # papers has no grad_tol: with lbfgs the fit would fail in every task
+    err = spec_error(tmp_path, BASE.replace("max_iter = 50", 'acceleration = "lbfgs"'))
+    assert "key 'em.acceleration'" in str(err) and "needs grad_tol" in str(err)
+    assert "fit 'exact' with protocol 'papers'" in str(err)
+    # strict has one, so a study of strict fits only is fine
+    ok = BASE.replace("max_iter = 50", 'acceleration = "lbfgs"').replace(
+        'protocols = ["papers", "strict"]', 'protocols = ["strict"]')
+    assert load_spec(write(tmp_path, ok)).em["acceleration"] == "lbfgs"
+    fixed = BASE.replace("max_iter = 50", 'acceleration = "lbfgs"\ngrad_tol = 1e-5')
+    assert load_spec(write(tmp_path, fixed)).em["grad_tol"] == 1e-5
+    # a run with a custom task function brings its own fit: not checked
+    path = write(tmp_path, BASE.replace("max_iter = 50", 'acceleration = "lbfgs"'))
+    assert load_spec(path, estimator_checks=False).em["acceleration"] == "lbfgs"
+
+
+def test_size_limits_are_named_and_can_be_raised(tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    err = spec_error(tmp_path, BASE.replace("values = [100, 300]",
+                                            "min = 100\nmax = 1000\nnum = 1000000000"))
+    assert time.perf_counter() - t0 < 5  # refused before anything is allocated
+    assert "key 'n_grid.num'" in str(err) and "[limits] n_values = 1000000000" in str(err)
+    err = spec_error(tmp_path, BASE.replace("replications = 2", "replications = 1000000000"))
+    assert "exceed the limit of 10000" in str(err) and "[limits] replications" in str(err)
+    err = spec_error(tmp_path, BASE.replace("values = [100, 300]", "values = [100, 1000000000]"))
+    assert "[limits] n = 1000000000" in str(err)
+    big = BASE.replace("replications = 2", "replications = 200000") + (
+        "\n[limits]\nreplications = 200000\n")
+    err = spec_error(tmp_path, big)
+    assert "6 conditions x 200000 replications = 1200000 tasks exceed the limit of 1000000" \
+        in str(err) and "[limits] tasks = 1200000" in str(err)
+    spec = load_spec(write(tmp_path, big + "tasks = 1200000\n"))
+    assert spec.n_tasks() == 1_200_000 and spec.n_tasks(max_reps=3) == 18
+    # tasks are made lazily: the first ones cost nothing like the whole study
+    import tracemalloc
+
+    tracemalloc.start()
+    first = [t for _, t in zip(range(10), spec.iter_tasks(), strict=False)]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(first) == 10 and peak < 5_000_000
+    # limits do not change what is computed: the same hash as without them
+    plain = load_spec(write(tmp_path, BASE.replace("replications = 2", "replications = 200000")
+                            + "\n[limits]\nreplications = 200000\ntasks = 1200000\n"))
+    assert plain.spec_hash == spec.spec_hash
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"\x89PNG\r\n\x1a\n" + b"\xff" * 99])
+def test_a_binary_file_names_the_file(tmp_path, content):
+    path = tmp_path / "picture.toml"
+    path.write_bytes(content)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(path) in str(info.value) and "text" in str(info.value)
+
+
+def test_a_folder_or_unreadable_spec(tmp_path):
+    folder = tmp_path / "dir.toml"
+    folder.mkdir()
+    with pytest.raises(SpecError, match="is a folder"):
+        load_spec(folder)
+
+
+def test_list_names_the_bad_key_and_survives_binary_files(tmp_path, capsys):
+    from simstudy.cli import main
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    write(studies, BASE.replace("replications = 2", "replications = 2\ncolour = 1"), "typo")
+    (studies / "blob.toml").write_bytes(bytes(range(256)))
+    write(studies, BASE, "good")
+    assert main(["list", "--studies-dir", str(studies), "--store-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    typo = next(line for line in out if line.startswith("typo"))
+    assert "INVALID: key 'study.colour': unknown key" in typo
+    blob = next(line for line in out if line.startswith("blob"))
+    assert "INVALID: not a text file" in blob
+    good = next(line for line in out if line.startswith("good")).split()
+    assert good[1:4] == ["6", "12", "0"]

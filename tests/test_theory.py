@@ -180,3 +180,40 @@ def test_committed_study_specs_give_the_spec_theory(study):
     got = {label: {k: int(v) for k, v in g["kind"].value_counts().items()}
            for label, g in tab.groupby("label")}
     assert got == EXPECTED_KINDS[study]
+
+
+def test_two_extra_atoms_on_expert_1_use_rbar3_and_derive_the_kbar_condition():
+    e = expectations(design_config("over2", k=5, Kbar=4, extra=(0, 0)))
+    assert (e["err_beta1_1"].kind, e["err_beta1_1"].exponent) == ("bound", -1 / 12)
+    assert (e["err_b_1"].kind, e["err_b_1"].exponent) == ("bound", -1 / 12)
+    assert (e["err_a_1"].kind, e["err_a_1"].exponent) == ("bound", -1 / 6)
+    assert (e["err_v_1"].kind, e["err_v_1"].exponent) == ("bound", -1 / 6)
+    assert (e["D2"].kind, e["D2"].exponent) == ("rate", -0.5)
+    assert ("true top-2 set {1, 2} holds 3 + 1 = 4; true top-2 set {1, 3} holds 3 + 1 = 4 "
+            "fitted atoms = K-bar = 4; rbar(3) = 6") in e["D2"].reason
+    for j in (2, 3):
+        assert e[f"err_a_{j}"].exponent == -0.5
+    # K-bar = 3 is too small for 3 + 1 atoms in a region
+    e = expectations(design_config("over2", k=5, Kbar=3, extra=(0, 0)))
+    assert all(x.kind == "none" for x in e.values())
+    assert "K-bar condition fails: K-bar=3 < max over 2-subsets of sum |A_j| = 4" in \
+        e["D2"].reason
+    dense = expectations(design_config("d2", design="S", k=4, Kbar=4, extra=(0, 0)))
+    assert dense["err_b_1"].exponent == -1 / 12 and dense["D2"].kind == "rate"
+
+
+def test_bounded_dense_fit_of_the_sparse_truth_expects_a_plateau():
+    from simstudy.model import get_design
+
+    T = get_design("T")
+    e = expectations(FitConfig("b", T.params, T.inputs, 4, 4, (0,), beta1_bound=15.0))
+    assert (e["hellinger"].kind, e["hellinger"].exponent) == ("plateau", 0.0)
+    assert "|beta1| <= 15" in e["tv"].reason
+    assert e["D2"].kind == "none" and "undefined" in e["D2"].reason
+    free = expectations(FitConfig("u", T.params, T.inputs, 4, 4, (0,)))
+    assert free["hellinger"].kind == "none"
+    t = theory_table([FitConfig("b", T.params, T.inputs, 4, 4, (0,), beta1_bound=15.0)])
+    assert (t["beta1_bound"] == 15.0).all() and (t["ref"] == 2).all()
+    assert (t["cell_sizes"] == "2,1,1").all()
+    with pytest.raises(ValueError, match="^beta1_bound: must be a finite number > 0"):
+        FitConfig("b", T.params, T.inputs, 4, 4, (0,), beta1_bound=-1.0)

@@ -5,10 +5,17 @@
 >>> df = load_results("studies/ci.toml")                            # doctest: +SKIP
 """
 
+from simstudy.engine.errors import EngineError
 from simstudy.engine.results import TIDY_COLUMNS, load_results
 from simstudy.engine.runner import RunSummary, run_study
 from simstudy.engine.spec import Condition, FitSpec, SpecError, StudySpec, Task, load_spec
-from simstudy.engine.store import ResultStore, StoreMismatchError, store_path
+from simstudy.engine.store import (
+    ProvenanceMismatchError,
+    ResultStore,
+    StoreMismatchError,
+    default_store_dir,
+    store_path,
+)
 
 __all__ = [
     "load_spec",
@@ -20,8 +27,11 @@ __all__ = [
     "Condition",
     "Task",
     "SpecError",
+    "EngineError",
     "ResultStore",
     "StoreMismatchError",
+    "ProvenanceMismatchError",
     "store_path",
+    "default_store_dir",
     "TIDY_COLUMNS",
 ]

@@ -9,13 +9,16 @@ the fit seed exactly as real fits do. Used by the tests, the engine benchmark an
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
 import numpy as np
 
 from simstudy.engine.task import generate
 
-__all__ = ["fake_task", "slow_fake_task", "failing_fake_task", "malformed_fake_task"]
+__all__ = ["fake_task", "slow_fake_task", "failing_fake_task", "malformed_fake_task",
+           "budget_fake_task", "killing_fake_task", "timed_fake_task", "stuck_fake_task"]
 
 
 def fake_task(task) -> dict:
@@ -58,3 +61,49 @@ def failing_fake_task(task) -> dict:
 def malformed_fake_task(task):
     """Returns something that is not a result (the runner must store an error row)."""
     return {"status": "fine"} if task.rep == 0 else None
+
+
+def budget_fake_task(task) -> dict:
+    """:func:`fake_task` that honours the time budget ``[em] max_seconds`` like the estimator.
+
+    Replication 1 "iterates" past its budget and stops with ``stop_reason = "timeout"`` (status
+    ``"timeout"``); the others finish well inside it.
+    """
+    result = fake_task(task)
+    budget = task.em.get("max_seconds")
+    if budget is not None and task.rep == 1:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < budget:
+            time.sleep(min(0.01, budget))
+        result.update(status="timeout", stop_reason="timeout",
+                      seconds=time.perf_counter() - t0)
+    return result
+
+
+def killing_fake_task(task) -> dict:
+    """:func:`fake_task`, but replication 1 kills its own process with SIGKILL.
+
+    Only for runs with worker processes (``jobs >= 2``): it stands for a worker killed by the
+    system (out of memory) or crashing in compiled code.
+    """
+    if task.rep == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return fake_task(task)
+
+
+def timed_fake_task(task) -> dict:
+    """:func:`fake_task` after 0.2 s, with the wall-clock start and end as metrics.
+
+    The stored (start, end) intervals show how many tasks ran at once.
+    """
+    start = time.time()
+    time.sleep(0.2)
+    result = fake_task(task)
+    result["metrics"].update(wall_start=start, wall_end=time.time())
+    return result
+
+
+def stuck_fake_task(task) -> dict:
+    """:func:`fake_task` after 60 s: a fit that takes long (to kill runs while tasks run)."""
+    time.sleep(60)
+    return fake_task(task)

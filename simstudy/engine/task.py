@@ -6,7 +6,12 @@ outcomes (the status comes from :class:`~simstudy.estimation.FitResult`), never 
 
 A task function takes a :class:`~simstudy.engine.spec.Task` and returns a dict with keys
 ``status, message, stop_reason, n_iter, seconds, loglik, grad_norm, flags (dict), params_json,
-metrics (dict)``; :func:`error_result` builds the error form.
+metrics (dict)``; :func:`error_result` builds the error form. ``status`` is one of
+:data:`STATUSES`; ``stop_reason`` is any short string (new ones need no change here);
+``metrics`` maps names to floats or short strings, and the store keeps whatever keys it holds.
+
+A fit that stops because it ran out of its time budget (``[em] max_seconds``; the estimator
+reports ``stop_reason == "timeout"``) is stored with status ``"timeout"``.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ import numpy as np
 
 from simstudy.model.density import sample
 
-__all__ = ["run_task", "generate", "fit_options", "error_result", "warmup", "RESULT_KEYS"]
+__all__ = ["run_task", "generate", "fit_options", "check_fit_options", "error_result", "warmup",
+           "RESULT_KEYS", "STATUSES"]
 
 RESULT_KEYS = ("status", "message", "stop_reason", "n_iter", "seconds", "loglik", "grad_norm",
                "flags", "params_json", "metrics")
+#: outcomes of a task; "timeout": the fit used up its time budget (max_seconds)
+STATUSES = ("ok", "not_converged", "degenerate", "error", "timeout")
 
 
 def error_result(exc: BaseException, seconds: float = float("nan")) -> dict:
@@ -52,12 +60,9 @@ def fit_options(task) -> dict:
     from simstudy.estimation import protocol_options
 
     fit = task.fit
-    try:
-        # the papers' protocol takes the best of 5 starts for over-specified fits only
-        opts = dict(protocol_options(task.protocol, task.n,
-                                     over_specified=fit["k"] > task.truth().k))
-    except TypeError:  # a protocol_options without that keyword (COMMON.md contract)
-        opts = dict(protocol_options(task.protocol, task.n))
+    # the papers' protocol takes the best of 5 starts for over-specified fits only
+    opts = dict(protocol_options(task.protocol, task.n,
+                                 over_specified=fit["k"] > task.truth().k))
     opts["init"] = fit["init"]
     if fit["init"] == "near_truth":
         opts["true_params"] = task.truth()
@@ -66,8 +71,39 @@ def fit_options(task) -> dict:
         opts["init_noise"] = fit["init_noise"]
     if fit.get("n_init") is not None:
         opts["n_init"] = fit["n_init"]
+    if fit.get("beta1_bound") is not None:
+        opts["beta1_bound"] = fit["beta1_bound"]
     opts.update(task.em)
     return opts
+
+
+def check_fit_options(task) -> tuple[str, str] | None:
+    """Whether the estimator accepts the task's options, without data or fitting.
+
+    Returns None, or ``(option, message)`` naming the first bad option (e.g. ``("acceleration",
+    "'lbfgs' ... needs grad_tol")``), so that a spec is refused before anything runs.
+    """
+    import inspect
+
+    from simstudy.estimation import TopKMoEEM
+
+    opts = fit_options(task)
+    accepted = inspect.signature(TopKMoEEM).parameters
+    for option in opts:
+        if option not in accepted:
+            return option, (f"{option}: the estimator of this version has no option {option!r}"
+                            + (" (no per-fit time budget yet)" if option == "max_seconds"
+                               else ""))
+    est = TopKMoEEM(task.fit["k"], task.fit["K"], random_state=0, **opts)
+    check = getattr(est, "_check_options", None)  # the estimator's own validation, if any
+    if check is None:
+        return None
+    try:
+        check()
+    except ValueError as exc:
+        option = str(exc).split(":", 1)[0].strip()
+        return option, str(exc)
+    return None
 
 
 def run_task(task) -> dict:
@@ -93,7 +129,7 @@ def run_task(task) -> dict:
         return error_result(exc, time.perf_counter() - t0)
     messages = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
     return {
-        "status": res.status,
+        "status": "timeout" if res.stop_reason == "timeout" else res.status,
         "message": "; ".join(messages),
         "stop_reason": res.stop_reason,
         "n_iter": int(res.n_iter),
@@ -108,8 +144,24 @@ def run_task(task) -> dict:
 
 
 def warmup(task) -> None:
-    """Compile (or load from the numba cache) the EM kernels with a tiny fit in this process."""
+    """Compile (or load from the numba cache) the EM kernels with a tiny fit in this process.
+
+    Two processes that compile the same kernel for different signatures at once can leave
+    numba's cache index pointing at the other signature's machine code (a segfault on the
+    next load), so the first compile is serialised across processes by a lock file.
+    """
+    import fcntl
+    import tempfile
     from dataclasses import replace
+    from pathlib import Path
 
     small = replace(task, n=max(50, 10 * task.fit["k"]), em={**task.em, "max_iter": 3})
-    run_task(small)
+    lock = Path(tempfile.gettempdir()) / "simstudy-numba-compile.lock"
+    try:
+        fh = open(lock, "a")  # held for the duration of the warm-up
+    except OSError:  # no writable temp folder: compile unserialised rather than not at all
+        run_task(small)
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        run_task(small)

@@ -21,6 +21,7 @@ import numpy as np
 
 from simstudy.estimation.acceleration import SquaremState, StepOut, squarem_cycle
 from simstudy.estimation.result import ConvergenceWarning, FitResult
+from simstudy.model.threads import thread_limits
 
 __all__ = ["BaseEM", "ACCELERATIONS"]
 
@@ -192,11 +193,17 @@ class BaseEM(ABC):
     def fit(self, X, y):
         """Fit by EM from ``n_init`` starts and keep the largest log-likelihood.
 
+        BLAS is held to one thread and numba to ``n_threads`` (default 1) for the whole fit.
+
         Returns
         -------
         FitResult
             Also stored as ``result_``; the fitted parameters as ``params_``.
         """
+        with thread_limits(getattr(self, "n_threads", 1)):
+            return self._fit(X, y)
+
+    def _fit(self, X, y):
         t0 = time.perf_counter()
         self._check_options()
         self._prepare(X, y)

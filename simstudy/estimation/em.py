@@ -62,6 +62,11 @@ class TopKMoEEM(BaseEM):
     var_floor : float, default=1e-6
         Lower bound of the variances (hitting it is flagged).
     random_state : None, int, SeedSequence or Generator
+    n_threads : int, default=1
+        Threads of numba's parallel data passes for this one fit (blocks of points in a
+        ``prange``, same results to the bit). Worth it for a single large fit (n >= 1e6) on
+        an otherwise idle machine; keep 1 inside studies, which already run one fit per core.
+        Capped by ``NUMBA_NUM_THREADS``. BLAS is held to one thread either way.
 
     Attributes
     ----------
@@ -99,6 +104,7 @@ class TopKMoEEM(BaseEM):
         n_init=1,
         var_floor=1e-6,
         random_state=None,
+        n_threads=1,
     ):
         super().__init__(
             tol=tol,
@@ -116,6 +122,7 @@ class TopKMoEEM(BaseEM):
         self.noise_schedule = noise_schedule
         self.extra_atoms = extra_atoms
         self.var_floor = var_floor
+        self.n_threads = n_threads
 
     # -- validation ---------------------------------------------------------------------------
     def _check_options(self) -> None:
@@ -125,6 +132,8 @@ class TopKMoEEM(BaseEM):
             raise ValueError(f"K: must satisfy 1 <= K <= k = {k}, got K = {K}")
         self._check_loop_options()
         _check_number("var_floor", self.var_floor, low=0.0)
+        self._parallel = _check_number("n_threads", self.n_threads, low=1, integer=True,
+                                       strict=False) > 1  # fmt: skip
         _check_number("init_noise", self.init_noise, low=0.0, strict=False)
         if self.init not in INITS:
             raise ValueError(f"init: unknown start {self.init!r}; allowed: {list(INITS)}")
@@ -239,7 +248,7 @@ class TopKMoEEM(BaseEM):
 
     # -- model evaluations --------------------------------------------------------------------
     def _loglik_arrays(self, beta0, beta1, a, b, v) -> float:
-        return kernels.loglik(self._X, self._y, beta0, beta1, a, b, v, self._K)
+        return kernels.loglik(self._X, self._y, beta0, beta1, a, b, v, self._K, self._parallel)
 
     def _loglik(self, theta) -> float:
         return self._loglik_arrays(*self._unpack(theta))
@@ -247,14 +256,15 @@ class TopKMoEEM(BaseEM):
     def _grad_norm(self, theta) -> float:
         beta0, beta1, a, b, v = self._unpack(theta)
         kernels.obs_grad(
-            self._X, self._y, beta0, beta1, a, b, v, self._K, self._ref, self._grad
-        )
+            self._X, self._y, beta0, beta1, a, b, v, self._K, self._ref, self._grad,
+            self._parallel,
+        )  # fmt: skip
         return float(np.linalg.norm(self._grad)) / self._n
 
     def _flags(self, theta) -> dict:
         arrays = self._unpack(theta)
         st = _Stats(self._k, self._d)
-        st.run(self._X, self._y, arrays, self._K, self._ref)
+        st.run(self._X, self._y, arrays, self._K, self._ref, self._parallel)
         return {
             "var_floor": bool(np.any(arrays[4] <= self.var_floor * (1 + 1e-9))),
             "empty_expert": bool(np.any(st.sr < 1.0)),
@@ -267,7 +277,8 @@ class TopKMoEEM(BaseEM):
             self._trial_key = None
             return self._stats.loglik
         self._trial_key = None
-        return self._stats.run(self._X, self._y, self._unpack(theta), self._K, self._ref)
+        return self._stats.run(self._X, self._y, self._unpack(theta), self._K, self._ref,
+                               self._parallel)  # fmt: skip
 
     def _trial_loglik(self, beta0, beta1, a, b, v):
         """Log-likelihood at a trial point via a fused pass kept for the next iteration.
@@ -276,7 +287,8 @@ class TopKMoEEM(BaseEM):
         at exactly the arrays the packed vector unpacks to (variances go through log/exp).
         """
         theta = self._pack(beta0, beta1, a, b, v)
-        self._trial.run(self._X, self._y, self._unpack(theta), self._K, self._ref)
+        self._trial.run(self._X, self._y, self._unpack(theta), self._K, self._ref,
+                        self._parallel)  # fmt: skip
         self._trial_key = theta.tobytes()
         return theta, self._trial.loglik
 
@@ -295,7 +307,8 @@ class TopKMoEEM(BaseEM):
             calls[0] += 1
             if not self._valid(th):
                 return np.inf, np.zeros_like(th)
-            ll = kernels.obs_grad(self._X, self._y, *self._unpack(th), self._K, self._ref, grad)
+            ll = kernels.obs_grad(self._X, self._y, *self._unpack(th), self._K, self._ref, grad,
+                                  self._parallel)  # fmt: skip
             if not np.isfinite(ll):
                 return np.inf, np.zeros_like(th)
             return -ll / n, -grad / n
@@ -405,10 +418,10 @@ class _Stats:
         self.grad = np.zeros(kernels.n_free(k, d))
         self.loglik = np.nan
 
-    def run(self, X, y, arrays, K, ref) -> float:
+    def run(self, X, y, arrays, K, ref, parallel=False) -> float:
         beta0, beta1, a, b, v = arrays
         self.loglik = kernels.em_pass(
             X, y, beta0, beta1, a, b, v, K, ref,
-            self.XtX, self.Xty, self.sr, self.syy, self.g, self.H, self.grad,
+            self.XtX, self.Xty, self.sr, self.syy, self.g, self.H, self.grad, parallel,
         )  # fmt: skip
         return self.loglik

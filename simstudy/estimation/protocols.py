@@ -1,10 +1,28 @@
-"""Named fitting protocols (spec section 2): keyword arguments of :class:`TopKMoEEM`."""
+"""Named fitting protocols (spec section 2): keyword arguments of :class:`TopKMoEEM`.
+
+Two base protocols, "papers" and "strict", and two composed ones that cross their factors (the
+2 x 2 factorial of the reports, :mod:`simstudy.reports.factorial`). A protocol is a start
+(where the near-truth start lies: :data:`START_KEYS`) and a stopping rule (every other setting:
+tolerances, iteration cap, acceleration, number of starts). A composed protocol takes the start
+of one base protocol and everything else from the other, so changes to either flow into it:
+
+* ``"shrinking_strict"``: the papers' start (noise shrinking with n) with the strict protocol's
+  stopping rule;
+* ``"fixed_tol"``: the strict protocol's start (fixed noise) with the papers' stopping rule
+  (tol 1e-6, at most 2000 iterations, best of 5 starts for over-specified fits).
+"""
 
 from __future__ import annotations
 
-__all__ = ["PROTOCOLS", "protocol_options"]
+__all__ = ["PROTOCOLS", "BASE_PROTOCOLS", "COMPOSED", "START_KEYS", "protocol_options"]
 
-PROTOCOLS = ("papers", "strict")
+BASE_PROTOCOLS = ("papers", "strict")
+#: composed protocol -> (base protocol whose start it takes, base protocol giving the rest)
+COMPOSED = {"shrinking_strict": ("papers", "strict"), "fixed_tol": ("strict", "papers")}
+PROTOCOLS = BASE_PROTOCOLS + tuple(COMPOSED)
+#: the settings that make a protocol's start; every other setting belongs to its stopping rule
+#: (extend this when a base protocol gains a start setting)
+START_KEYS = ("init", "init_noise", "noise_schedule")
 
 
 def protocol_options(name: str, n: int, *, over_specified: bool = True) -> dict:
@@ -12,7 +30,7 @@ def protocol_options(name: str, n: int, *, over_specified: bool = True) -> dict:
 
     Parameters
     ----------
-    name : {"papers", "strict"}
+    name : {"papers", "strict", "shrinking_strict", "fixed_tol"}
         ``"papers"``: the authors' protocol: near-truth start with the n-dependent noise
         schedule, tol = 1e-6 relative, max_iter = 2000, best of 5 starts for over-specified
         fits. ``"strict"``: near-truth start with fixed noise 0.1, run to strict convergence
@@ -34,6 +52,12 @@ def protocol_options(name: str, n: int, *, over_specified: bool = True) -> dict:
     dict
         ``tol, grad_tol, max_iter, acceleration, init, init_noise, noise_schedule, n_init``.
     """
+    if name in COMPOSED:
+        start_from, rest_from = COMPOSED[name]
+        out = protocol_options(rest_from, n, over_specified=over_specified)
+        start = protocol_options(start_from, n, over_specified=over_specified)
+        out.update({key: start[key] for key in START_KEYS if key in start})
+        return out
     if name not in PROTOCOLS:
         raise ValueError(f"name: unknown protocol {name!r}; allowed: {list(PROTOCOLS)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:

@@ -1,4 +1,4 @@
-"""Named true designs of the spec (``shared/spec/topk_moe.md`` section 5).
+"""Named true designs (tables in ``docs/model.md``).
 
 A design is a true parameter set plus its input law. Experts are numbered from 0 here
 (the spec numbers them from 1): design T's expert 1 is index 0, its reference expert 2 is

@@ -1,9 +1,9 @@
 """Fitted configurations of a study (truth, input law, k, K-bar, extra atoms), for the theory.
 
 The theory table is derived from these, never typed per study. They come from the study spec
-TOML (format in COMMON.md; ``extra_atoms`` are 1-based there) or, when only a tidy results table
-is at hand, from its columns (design name, true K, k, K) with the extra atoms inferred from the
-most common Voronoi cell sizes (``cell_size_j``) of the fits.
+TOML (format in docs/studies.md; ``extra_atoms`` are 1-based there) or, when only a tidy results
+table is at hand, from its columns (design name, true K, k, K) with the extra atoms inferred from
+the most common Voronoi cell sizes (``cell_size_j``) of the fits.
 """
 
 from __future__ import annotations
@@ -74,8 +74,10 @@ def configs_from_spec(spec_path) -> dict[str, FitConfig]:
         extra = [int(j) - 1 for j in fit.get("extra_atoms", [])]  # spec numbering -> 0-based
         k = int(fit.get("k", truth.k + len(extra)))
         K = int(fit.get("K", truth.K))
+        bound = fit.get("beta1_bound")
         try:
-            out[label] = FitConfig(label, truth, inputs, k, K, tuple(extra))
+            out[label] = FitConfig(label, truth, inputs, k, K, tuple(extra),
+                                   None if bound is None else float(bound))
         except ValueError as exc:
             raise ValueError(f"{path}: fit {label!r}: {exc}") from None
     return out

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from simstudy.model.params import MoEParams
+from simstudy.reports.verdicts import BOUND, FIXED, NONE, PLATEAU, RATE  # the kinds
 
 __all__ = [
     "RBAR",
@@ -46,11 +47,6 @@ RBAR = {1: 1, 2: 4, 3: 6}
 #: Per-parameter error names, in the order of the metric keys.
 PARAMS = ("beta1", "a", "b", "v")
 
-#: Kinds of expectation.
-RATE = "rate"  # the slope should equal the exponent (up to log factors)
-BOUND = "bound"  # the slope should be at least as fast as (<=) the exponent
-NONE = "none"  # the theory gives no guarantee
-FIXED = "fixed"  # the quantity is fixed at the truth by the convention (always 0)
 
 _PARAM_REASON_SLOW = {
     "beta1": "beta1 of an expert fitted by {m} atoms: n^-1/(2 rbar({m})) = n^-1/{d} or faster",
@@ -84,8 +80,10 @@ class FitConfig:
     K : int
         Fitted K-bar.
     extra_atoms : tuple of int
-        0-based indices of the true experts that get one extra atom each
-        (``k == truth.k + len(extra_atoms)``).
+        0-based indices of the true experts that get one extra atom per entry (repeats give
+        several; ``k == truth.k + len(extra_atoms)``).
+    beta1_bound : float, optional
+        The fit's bound on |beta1| (a bounded-slope fit), or None.
     """
 
     label: str
@@ -94,6 +92,7 @@ class FitConfig:
     k: int
     K: int
     extra_atoms: tuple = field(default=())
+    beta1_bound: float | None = None
 
     def __post_init__(self):
         ks = self.truth.k
@@ -113,6 +112,10 @@ class FitConfig:
         if bad:
             raise ValueError(f"extra_atoms: true expert indices must lie in [0, {ks - 1}] "
                              f"(0-based), got {bad}")
+        if self.beta1_bound is not None and not (np.isfinite(self.beta1_bound)
+                                                 and self.beta1_bound > 0):
+            raise ValueError(f"beta1_bound: must be a finite number > 0, got "
+                             f"{self.beta1_bound!r}")
 
     @property
     def cell_sizes(self) -> np.ndarray:
@@ -231,12 +234,27 @@ def expectations(config: FitConfig, m: int = 4096) -> dict[str, Expectation]:
         )
     dense_truth = K == ks
     if Kf == k and not dense_truth:
-        return _all_none(
-            metrics,
-            f"dense fit (K-bar = k = {k}) of a sparse truth (K = {K} < k* = {ks}): a dense model "
-            "cannot put zero weight on an expert, so the density distance should level off "
-            "above zero",
-        )
+        cells = (f"dense fit (K-bar = k = {k}) of a sparse truth (K = {K} < k* = {ks}): the "
+                 f"gating slopes diverge, so {dist}, the per-parameter errors and the cell "
+                 "masses are undefined (reported as NaN; see max |beta1|)")
+        out = _all_none(metrics, cells)
+        if config.beta1_bound is not None:
+            B = config.beta1_bound
+            for name in ("hellinger", "tv"):
+                out[name] = Expectation(
+                    name, PLATEAU, 0.0,
+                    f"dense fit with |beta1| <= {B:g} of a sparse truth: a dense model cannot "
+                    "put zero weight on an expert and bounded slopes cannot approach that "
+                    "limit, so the distance should level off above zero (slope 0 on the "
+                    "upper half of the n range)")
+        else:
+            for name in ("hellinger", "tv"):
+                out[name] = Expectation(
+                    name, NONE, np.nan,
+                    "dense fit of a sparse truth: the truth is only a limit of dense models "
+                    "with diverging slopes, so no rate is guaranteed (the density may level "
+                    "off, or follow the slopes' divergence)")
+        return out
     regions = selection_regions(truth, inputs=config.inputs, m=m)
     unions = {tuple(sorted(j + 1 for j in S)): int(sum(sizes[j] for j in S)) for S in regions}
     bad = {S: u for S, u in unions.items() if u != Kf}
@@ -268,8 +286,17 @@ def expectations(config: FitConfig, m: int = 4096) -> dict[str, Expectation]:
         out[dist] = Expectation(dist, NONE, np.nan,
                                 f"rbar(m) unknown for m >= 4 (expert(s) {big}): {dist} undefined")
     else:
-        out[dist] = Expectation(dist, RATE, -0.5, f"{dist} at n^-1/2"
-                                + (f" ({sizes_txt}, K-bar={Kf})" if over else ""))
+        why = ""
+        if over:
+            # the K-bar condition, region by region, as derived above
+            parts = "; ".join(
+                f"true top-{K} set {{{', '.join(map(str, S))}}} holds "
+                f"{' + '.join(str(sizes[j - 1]) for j in S)} = {u}"
+                for S, u in sorted(unions.items()))
+            ms = sorted({int(m) for m in sizes if m > 1})
+            why = (f" ({sizes_txt}; {parts} fitted atoms = K-bar = {Kf}; "
+                   + ", ".join(f"rbar({m}) = {rbar(m)}" for m in ms) + ")")
+        out[dist] = Expectation(dist, RATE, -0.5, f"{dist} at n^-1/2{why}")
     for name in ("hellinger", "tv"):
         out[name] = Expectation(name, RATE, -0.5, "density converges at n^-1/2")
 
@@ -319,8 +346,10 @@ def theory_table(configs, m: int = 4096) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Columns label, metric, kind ("rate", "bound", "none", "fixed"), expected (exponent of n,
-        NaN without a guarantee), reason, k_star, true_K, k, K, cell_sizes.
+        Columns label, metric, kind ("rate", "bound", "plateau", "none", "fixed"), expected
+        (exponent of n; 0 for a plateau; NaN without a guarantee), reason, k_star, true_K, k,
+        K, cell_sizes (designed |A_j|, comma-separated), ref (the reference expert, from 1),
+        beta1_bound.
     """
     if isinstance(configs, FitConfig):
         configs = [configs]
@@ -331,7 +360,8 @@ def theory_table(configs, m: int = 4096) -> pd.DataFrame:
             rows.append(
                 {"label": c.label, "metric": e.metric, "kind": e.kind, "expected": e.exponent,
                  "reason": e.reason, "k_star": c.truth.k, "true_K": c.truth.K, "k": c.k,
-                 "K": c.K, "cell_sizes": sizes}
+                 "K": c.K, "cell_sizes": sizes, "ref": c.truth.ref + 1,
+                 "beta1_bound": np.nan if c.beta1_bound is None else c.beta1_bound}
             )
     return pd.DataFrame(rows, columns=["label", "metric", "kind", "expected", "reason", "k_star",
-                                       "true_K", "k", "K", "cell_sizes"])
+                                       "true_K", "k", "K", "cell_sizes", "ref", "beta1_bound"])

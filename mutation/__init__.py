@@ -1,0 +1,1 @@
+"""Mutation testing driver (see mutation/run.py and docs/testing.md)."""
