@@ -646,7 +646,9 @@ def test_quick_end_to_end_resumes_and_refuses_a_crafted_cache(tmp_path, capfd):
     for fig in ("accuracy_cost", "lambda_cost", "exit_vs_difficulty", "calibration",
                 "conformal", "exit_histograms", "reliability"):
         assert (out / f"{fig}.png").stat().st_size > 0
-    assert "JEI-DNN" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "JEI-DNN" in readme and "read from the cache" not in readme
+    assert not pd.read_csv(out / "timings.csv")["from_cache"].any()
     df = pd.read_csv(out / "points.csv")
     assert {"jei", "threshold", "per_exit_threshold", "boosted", "oracle", "full_backbone",
             "single_exit"} <= set(df["method"])
@@ -658,6 +660,10 @@ def test_quick_end_to_end_resumes_and_refuses_a_crafted_cache(tmp_path, capfd):
     assert main([*QUICK, "--out", str(out)]) == 0
     assert [p.stat().st_mtime_ns for p in cached] == mtimes
     pd.testing.assert_frame_equal(pd.read_csv(out / "points.csv"), df)
+    # ... and says so: its wall time is not the cost from an empty cache
+    tm = pd.read_csv(out / "timings.csv")
+    assert tm["from_cache"].all()
+    assert f"{len(tm)} of {len(tm)} units" in (out / "README.md").read_text()
     # a crafted IM cache is refused with one line (and exit status 2), nothing runs from it
     marker = tmp_path / "pwned"
     victim = sorted((out / "cache").rglob("ims_*.pt"))[0]
@@ -721,3 +727,47 @@ def test_matched_cost_comparison_hand_case():
     row = verdict[verdict["variant"] == "cdf"].iloc[0]
     assert row["monotone"] and row["min_cost"] == pytest.approx(0.1)
     assert row["max_cost"] == pytest.approx(0.75) and not row["spans_0_3_to_0_9"]
+
+
+def test_im_training_line_only_where_jei_beats_every_warmed_up_exit():
+    import pandas as pd
+
+    from simstudy.neural.jei_dnn.readme import _im_training_lines
+
+    pe = pd.DataFrame({"task": ["fold", "fold", "digits", "digits"],
+                       "setting": ["linear"] * 4, "exit": [1, 2, 1, 2],
+                       "accuracy": [0.5, 0.8, 0.9, 0.95]})
+    sm = pd.DataFrame({"task": ["fold", "fold", "digits"], "setting": ["linear"] * 3,
+                       "method": ["jei", "threshold", "jei"], "variant": ["cdf", "", "paper"],
+                       "param": [0.5, 0.9, 0.1], "cost": [0.6, 0.7, 0.3],
+                       "accuracy": [0.79, 0.85, 0.97]})
+    lines = _im_training_lines(sm, pe)
+    assert len(lines) == 2 and lines[0] == ""  # fold's JEI (0.79) is below its exit 2 (0.80)
+    assert lines[1].startswith("- digits:") and "0.970" in lines[1] and "0.950" in lines[1]
+    sm.loc[0, "accuracy"] = 0.81  # now fold's JEI is above every exit too
+    assert [ln.split(":")[0] for ln in _im_training_lines(sm, pe)[1:]] == ["- fold", "- digits"]
+
+
+def test_findings_follow_the_verdict_tables():
+    import pandas as pd
+
+    from simstudy.neural.jei_dnn.readme import _findings
+
+    lv = pd.DataFrame({"task": ["fold", "fold"], "setting": ["linear"] * 2,
+                       "variant": ["cdf", "paper"], "min_cost": [0.2, 0.5],
+                       "max_cost": [1.0, 0.6], "monotone": [True, False]})
+
+    def verdict(variant, base, mean, better, worse):
+        return {"task": "fold", "setting": "linear", "variant": variant, "baseline": base,
+                "points": 5, "better": better, "worse": worse, "mean_d_accuracy": mean}
+
+    mv = pd.DataFrame([verdict("cdf", "threshold", 0.05, 3, 0),
+                       verdict("cdf", "per_exit_threshold", -0.04, 0, 2),
+                       verdict("paper", "threshold", 0.002, 0, 0)])
+    pe = pd.DataFrame({"task": ["fold"], "setting": ["linear"], "exit": [1], "ece": [0.1]})
+    (line,) = _findings({"matched_verdict": mv, "lambda_cost_verdict": lv, "per_exit": pe})
+    assert "CDF rule cost 1.00 -> 0.20 as lambda grows, monotone" in line
+    assert "it beats the global threshold, loses to the per-exit thresholds" in line
+    assert "paper rule cost 0.60 -> 0.50 as lambda grows, not monotone" in line
+    assert "it matches the global threshold, cannot be compared with the per-exit" in line
+    assert "long-tailed" not in line  # no lt verdicts, no lt sentence

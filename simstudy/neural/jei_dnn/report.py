@@ -263,7 +263,8 @@ def timings(meta: list[dict]) -> pd.DataFrame:
                      "unit_cpu_s": m.get("unit_cpu_seconds", float("nan")),
                      "jei_replicas": m["jei"]["replicas"],
                      "gate_steps": m["jei"]["gate_steps"], "im_steps": m["jei"]["im_steps"],
-                     "baselines_cpu_s": m["baseline_seconds"]})
+                     "baselines_cpu_s": m["baseline_seconds"],
+                     "from_cache": bool(m.get("from_cache", False))})
     return pd.DataFrame(rows).sort_values(["task", "setting", "seed"]) if rows else \
         pd.DataFrame(rows)
 
