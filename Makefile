@@ -52,28 +52,24 @@ bench: install
 # their stores (which also rewrite the committed per-fit data under results/data/)
 STUDIES ?= topk_exact topk_over topk_kbar_sweep topk_K_sweep dense_exact dense_over \
 	topk_planar topk_over2 dense_over2 topk_kbar_bounded
-# studies that need another branch's work (design P and its spec; the estimator's beta1_bound):
-# skipped, saying why, while their spec is missing or refused; every other failure stops
-OPTIONAL_STUDIES ?= topk_planar topk_kbar_bounded
 # staged runs: `make study MAX_REPS=10` runs (or resumes) every study to 10 replications and
 # reports; a later `make study` completes them (tasks run replication-major)
 MAX_REPS ?=
+# and `make study MAX_N=100000` only the conditions with n <= 1e5
+MAX_N ?=
 SIMSTUDY := $(PY) -m simstudy
 
 study: install
 	@specs=""; for s in $(STUDIES); do \
 	  spec=studies/$$s.toml; \
-	  case " $(OPTIONAL_STUDIES) " in *" $$s "*) optional=1;; *) optional=0;; esac; \
-	  if [ $$optional = 1 ] && [ ! -f $$spec ]; then \
-	    echo "make study: skipping $$spec: no such spec yet"; continue; fi; \
-	  if [ $$optional = 1 ] && ! $(SIMSTUDY) status $$spec > /dev/null; then \
-	    echo "make study: skipping $$spec (refused, see above)"; continue; fi; \
 	  echo "make study: $$spec"; \
-	  $(SIMSTUDY) run $$spec --jobs $(JOBS) $(if $(MAX_REPS),--max-reps $(MAX_REPS)) || exit 1; \
+	  $(SIMSTUDY) run $$spec --jobs $(JOBS) $(if $(MAX_REPS),--max-reps $(MAX_REPS)) \
+	    $(if $(MAX_N),--max-n $(MAX_N)) || exit 1; \
 	  specs="$$specs $$spec"; \
 	done; \
 	$(SIMSTUDY) report $$specs --out results
 	$(SIMSTUDY) neural routers
+	$(SIMSTUDY) neural bridge
 	$(SIMSTUDY) neural jei-dnn
 	$(SIMSTUDY) neural phatgoose
 
@@ -89,6 +85,7 @@ study-quick: install
 	$(SIMSTUDY) run studies/ci.toml --jobs $(JOBS)
 	$(SIMSTUDY) report studies/ci.toml --out results/quick
 	$(SIMSTUDY) neural routers --quick --out results/quick/neural/routers
+	$(SIMSTUDY) neural bridge --quick --out results/quick/neural/routers
 	$(SIMSTUDY) neural jei-dnn --quick --out results/quick/neural/jei_dnn
 	$(SIMSTUDY) neural phatgoose --quick --out results/quick/neural/phatgoose
 

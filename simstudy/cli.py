@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-reps", type=int, default=None, metavar="R",
                    help="staged run: only replications 0..R-1 of every condition (a later run "
                    "without it completes the rest)")
+    p.add_argument("--max-n", type=int, default=None, metavar="N",
+                   help="staged run: only the conditions with n <= N (a later run without it "
+                   "adds the larger n)")
     p.add_argument("--task", metavar="MODULE:FUNC", default=None,
                    help="advanced: replace the task function (e.g. "
                    "simstudy.engine.fakes:fake_task to exercise the engine without fitting; its "
@@ -235,6 +238,7 @@ def _cmd_run(args) -> int:
                         scheduler=args.scheduler, progress=not args.no_progress,
                         force_new=args.force_new, retry_errors=args.retry_errors,
                         store_dir=args.store_dir, task_fn=task_fn, max_reps=args.max_reps,
+                        max_n=args.max_n,
                         allow_mixed=args.allow_mixed, journal_mode=args.journal_mode,
                         wait_for_workers=args.wait_for_workers,
                         wait_timeout=args.wait_timeout, slurm=parse_options(args.slurm))

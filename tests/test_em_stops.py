@@ -24,7 +24,7 @@ def exact_grad_norm(params, X, y):
 @pytest.mark.parametrize("acceleration", [None, "squarem"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_strict_stop_implies_gradient_below_grad_tol(seed, acceleration):
-    """A "strict" stop certifies a stationary point: grad_norm <= grad_tol at the returned fit.
+    """A "certified" stop is at a stationary point: grad_norm <= grad_tol at the returned fit.
 
     Design T, k = 3, K = 2, n = 2000, tol = 1e-3, grad_tol = 1e-6: the loose tol is met after a
     few iterations, long before the gradient is small, so the gradient check alone decides
@@ -38,7 +38,7 @@ def test_strict_stop_implies_gradient_below_grad_tol(seed, acceleration):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)  # must converge, strictly
         res = est.fit(X, y)
-    assert res.stop_reason == "strict" and res.converged
+    assert res.stop_reason == "certified" and res.converged
     assert res.grad_norm <= grad_tol
     assert exact_grad_norm(res.params, X, y) == pytest.approx(res.grad_norm, rel=1e-9)
     # the relative-change rule held at the last step too

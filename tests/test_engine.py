@@ -302,3 +302,21 @@ def test_staged_run_keeps_whole_replications_and_completes_later(reference, tmp_
     pd.testing.assert_frame_equal(comparable(load_results(SMALL, store_dir=tmp_path)), ref_df)
     with pytest.raises(ValueError, match="max_reps: expected a positive integer"):
         run(SMALL, tmp_path, max_reps=0)
+
+
+def test_staged_by_n_runs_small_n_first_and_completes_later(reference, tmp_path):
+    _, ref_df = reference
+    spec = load_spec(SMALL)
+    ns = sorted({c.n for c in spec.conditions()})
+    assert len(ns) >= 2
+    small = [c for c in spec.conditions() if c.n <= ns[0]]
+    first = run(SMALL, tmp_path, jobs=1, max_n=ns[0], max_reps=1)
+    assert first.total == first.run == len(small)
+    assert set(load_results(SMALL, store_dir=tmp_path)["n"]) == {ns[0]}
+    again = run(SMALL, tmp_path, jobs=1, max_n=ns[0], max_reps=1)
+    assert again.run == 0 and again.skipped == len(small)
+    rest = run(SMALL, tmp_path, jobs=1)
+    assert rest.skipped == len(small) and rest.run == spec.n_tasks() - len(small)
+    pd.testing.assert_frame_equal(comparable(load_results(SMALL, store_dir=tmp_path)), ref_df)
+    with pytest.raises(ValueError, match="max_n: expected a positive integer"):
+        run(SMALL, tmp_path, max_n=0)

@@ -204,7 +204,10 @@ def test_the_real_task_maps_a_timeout_stop_to_the_timeout_status(monkeypatch):
         def fit(self, X, y):
             return types.SimpleNamespace(status="not_converged", stop_reason="timeout",
                                          n_iter=3, loglik=-1.0, grad_norm=0.5, flags={},
-                                         params=task.truth())
+                                         params=task.truth(), n_passes=3, starts=["near_truth"],
+                                         best_start="near_truth", start_reached_best=None,
+                                         start_gap=0.0, pass_counts={}, certificate=None,
+                                         information="singular", names=[])
 
     monkeypatch.setattr(estimation, "TopKMoEEM", OutOfTime)
     result = run_task(task)
@@ -212,17 +215,12 @@ def test_the_real_task_maps_a_timeout_stop_to_the_timeout_status(monkeypatch):
     assert np.isfinite(result["metrics"]["hellinger"])
 
 
-def test_max_seconds_needs_an_estimator_with_a_budget(tmp_path):
-    """Until the estimator has the option, a spec asking for it is refused at validation."""
-    import inspect
-
-    from simstudy.engine.spec import SpecError
-    from simstudy.estimation import TopKMoEEM
+def test_max_seconds_reaches_the_estimator(tmp_path):
+    """[em] max_seconds is validated and passed to the fit (a fit out of time ends "timeout")."""
+    from simstudy.engine.task import fit_options
 
     spec = tmp_path / "engine_small.toml"
     spec.write_text(SMALL.read_text().replace("[[fit]]", "[em]\nmax_seconds = 60\n\n[[fit]]", 1))
-    if "max_seconds" in inspect.signature(TopKMoEEM).parameters:
-        assert load_spec(spec).em["max_seconds"] == 60.0
-    else:
-        with pytest.raises(SpecError, match="key 'em.max_seconds'.*has no option 'max_seconds'"):
-            load_spec(spec)
+    loaded = load_spec(spec)
+    assert loaded.em["max_seconds"] == 60.0
+    assert fit_options(loaded.make_task(loaded.conditions()[0], 0))["max_seconds"] == 60.0

@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 
 from simstudy.neural.routers import (  # noqa: E402
     VARIANTS,
+    ActiveFlopsFFN,
     DenseMaskedMoE,
     Router,
     SparseMoE,
@@ -155,9 +156,9 @@ def test_sparse_layer_never_runs_unselected_experts():
     calls = []
     orig = layer.experts.expert
 
-    def spy(e, h):
+    def spy(e, h, *rest):
         calls.append((e, h.shape[0]))
-        return orig(e, h)
+        return orig(e, h, *rest)
 
     layer.experts.expert = spy
     h = torch.rand(10, 4, dtype=torch.float64) + 0.1
@@ -251,54 +252,65 @@ def test_invalid_arguments_raise_named_errors():
         route(torch.zeros(3, 4), 1, "softmax_topk", selection_logits=torch.zeros(3, 4))
 
 
-# -- bridge and benchmark --------------------------------------------------------------------
-def test_torch_moe_loglik_matches_numpy_model():
-    from simstudy.model import MoEParams, get_design, loglik, sample
-    from simstudy.neural.bridge import TorchTopKMoE
+def test_router_select_on_slope_matches_model_gating():
+    from simstudy.model import MoEParams, gating_weights
 
-    rng = np.random.default_rng(5)
-    design = get_design("T")
-    for n in (7, 100, 2000):
-        X, y = sample(design.params, n, design.inputs, rng)
-        m = TorchTopKMoE(design.params)
-        got = float(m.log_density(torch.tensor(X), torch.tensor(y)).sum().detach())
-        assert got == pytest.approx(loglik(design.params, X, y), rel=1e-12)
-        assert m.to_params() == design.params
-    # a random d = 3, k = 5, K = 2 model too
-    p = MoEParams(
-        beta0=np.r_[rng.normal(size=2), 0.0, rng.normal(size=2)],
-        beta1=np.vstack([rng.normal(size=(2, 3)), np.zeros((1, 3)), rng.normal(size=(2, 3))]),
-        a=rng.normal(size=(5, 3)),
-        b=rng.normal(size=5),
-        v=rng.uniform(0.1, 1, size=5),
-        K=2,
-        ref=2,
-    )
-    X = rng.uniform(-1, 1, size=(300, 3))
-    y = rng.normal(size=300)
-    got = float(TorchTopKMoE(p).log_density(torch.tensor(X), torch.tensor(y)).sum().detach())
-    assert got == pytest.approx(loglik(p, X, y), rel=1e-12)
+    rng = np.random.default_rng(3)
+    for d, k, K in ((1, 3, 2), (3, 5, 2), (2, 4, 3)):
+        beta0 = rng.normal(size=k) * 2
+        beta1 = rng.normal(size=(k, d)) * 3
+        beta0[0], beta1[0] = 0.0, 0.0
+        p = MoEParams(beta0=beta0, beta1=beta1, a=np.zeros((k, d)), b=np.zeros(k),
+                      v=np.ones(k), K=K, ref=0)
+        X = rng.uniform(-1, 1, size=(200, d))
+        for variant in ("topk_softmax", "noisy_topk"):
+            r = Router(d, k, K, variant, bias=True, select_on_slope=True).double().eval()
+            with torch.no_grad():
+                r.gate.weight.copy_(torch.tensor(beta1))
+                r.gate.bias.copy_(torch.tensor(beta0))
+                got = r(torch.tensor(X)).dense().numpy()
+            np.testing.assert_allclose(got, gating_weights(p, X), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="select_on_slope: needs bias=True"):
+        Router(2, 4, 2, bias=False, select_on_slope=True)
+    with pytest.raises(ValueError, match="select_on_slope"):
+        Router(2, 4, 2, "softmax_topk", bias=True, select_on_slope=True)
 
 
-def test_adam_fit_improves_loglik_and_keeps_reference_fixed():
-    from simstudy.estimation.init import near_truth_start
-    from simstudy.model import MoEParams, get_design, loglik, sample
-    from simstudy.neural.bridge import fit_adam
-
-    design = get_design("T")
-    X, y = sample(design.params, 2000, design.inputs, np.random.default_rng(0))
-    parts = near_truth_start(design.params, 3, [], 0.2, None, 2000, np.random.default_rng(1))
-    start = MoEParams(*parts[:5], K=2, ref=parts[5])
-    res = fit_adam(X, y, start, max_iter=400)
-    assert res.loglik == pytest.approx(loglik(res.params, X, y), rel=1e-10)
-    assert res.loglik > loglik(start, X, y)
-    assert res.params.beta0[1] == 0.0 and np.all(res.params.beta1[1] == 0.0)
-    with pytest.raises(ValueError, match="lr: must be > 0"):
-        fit_adam(X, y, start, lr=0.0)
-    with pytest.raises(ValueError, match="max_iter: must be an integer >= 1"):
-        fit_adam(X, y, start, max_iter=0)
+def test_noisy_router_with_slope_selection_trains_noise_and_balances():
+    torch.manual_seed(0)
+    r = Router(3, 4, 2, "noisy_topk", bias=True, select_on_slope=True).train()
+    h = torch.randn(64, 3)
+    out = r(h)
+    assert out.aux_loss > 0
+    out.aux_loss.backward()
+    assert r.noise.weight.grad is not None and r.noise.weight.grad.abs().sum() > 0
 
 
+def test_sharing_layers_hold_the_same_weights():
+    torch.manual_seed(0)
+    sparse = SparseMoE(8, 16, 4, 2)
+    dense = DenseMaskedMoE.sharing(sparse)
+    assert dense.router is sparse.router and dense.experts is sparse.experts
+    h = torch.randn(30, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(h)[0], dense(h)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_active_flops_ffn_is_router_plus_one_wide_ffn():
+    torch.manual_seed(1)
+    base = ActiveFlopsFFN(8, 16, 4, 2)
+    assert base.ffn.w1.shape == (1, 8, 32)  # inner width K * ffn
+    h = torch.randn(10, 8, requires_grad=True)
+    out, r = base(h)
+    ref = torch.nn.functional.gelu(h @ base.ffn.w1[0] + base.ffn.b1[0]) @ base.ffn.w2[0] \
+        + base.ffn.b2[0]
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+    # the router's backward runs (its gradient is zero, its output being multiplied by 0)
+    assert base.router.gate.weight.grad is not None
+
+
+# -- benchmark machinery ---------------------------------------------------------------------
 def test_peak_memory_measures_allocations():
     from simstudy.neural.routers_bench import peak_forward_memory
 
@@ -312,20 +324,171 @@ def test_peak_memory_measures_allocations():
     assert peak_forward_memory(fn) == 4_000_000
 
 
-def test_routers_benchmark_quick(tmp_path):
+def test_quiet_profiler_drops_only_profiler_lines(capfd):
+    import os
+
+    from simstudy.neural.routers_bench import quiet_profiler
+
+    with quiet_profiler():
+        os.write(2, b"STAGE:2026-12-01 08:37:11 8445:8445 SyncActivityProfilerHandler.cpp:51] "
+                    b"Completed Stage: Warm Up\n")
+        os.write(2, b"USDT:2026-12-01 08:37:11 8445:8445 SyncActivityProfilerHandler.cpp:52] "
+                    b"profiler_start\n")
+        os.write(2, b"a real error message\n")
+    err = capfd.readouterr().err
+    assert "a real error message" in err
+    assert "SyncActivityProfilerHandler" not in err
+
+
+def test_time_alternated_rotates_the_order():
+    from simstudy.neural.routers_bench import time_alternated
+
+    calls = []
+    fns = {n: (lambda n=n: calls.append(n)) for n in "abc"}
+    out = time_alternated(fns, runs=6, min_run_s=1e-9, warmup=0)
+    assert set(out) == set("abc") and all(v.shape == (6,) and (v > 0).all() for v in out.values())
+    # after calibration (one call each: every call is slower than 1e-9 s), one per round
+    rounds = calls[-18:]
+    firsts = [rounds[3 * r] for r in range(6)]
+    assert firsts == ["a", "b", "c", "a", "b", "c"]
+    for r in range(6):
+        assert sorted(rounds[3 * r : 3 * r + 3]) == ["a", "b", "c"]
+
+
+def test_summarise_runs_forms_ratios_within_rounds():
+    from simstudy.neural.routers_bench import summarise_runs
+
+    # the machine slows down over the rounds: the per-round ratio stays 4, the ratio of the
+    # separate medians would not
+    slow = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    times = {"sparse": slow, "dense_masked": 4 * slow, "dense_ffn": 0.5 * slow}
+    row = summarise_runs(times, tokens=100, E=8, K=1)
+    assert row["speedup"] == pytest.approx(4.0)
+    assert row["speedup_q25"] == pytest.approx(4.0) and row["speedup_q75"] == pytest.approx(4.0)
+    assert row["dispatch_efficiency"] == pytest.approx(0.5)
+    assert row["ffn_speedup"] == pytest.approx(8.0)
+    assert row["efficiency"] == pytest.approx(0.5)
+    assert row["tps_sparse"] == pytest.approx(100 / 4.0)
+    assert row["tps_sparse_q25"] == pytest.approx(100 / 8.0)
+    # a skipped dense-masked layer gives NaN ratios, not an error
+    row = summarise_runs({"sparse": slow, "dense_ffn": slow}, tokens=100, E=8, K=1)
+    assert math.isnan(row["speedup"]) and row["dispatch_efficiency"] == pytest.approx(1.0)
+
+
+def test_consistency_flags_a_dense_masked_spread():
+    import pandas as pd
+
+    from simstudy.neural.routers_bench import consistency
+
+    rows = []
+    for K, tps in ((1, 100.0), (2, 104.0), (4, 300.0)):
+        rows.append({"pass": "forward", "E": 8, "hidden": 64, "tokens": 512, "K": K,
+                     "tps_dense_masked": tps, "tps_dense_masked_q25": tps * 0.9,
+                     "tps_dense_masked_q75": tps * 1.1, "dense_masked_skipped": False})
+    for K, tps in ((1, 50.0), (2, 55.0)):
+        rows.append({"pass": "forward", "E": 8, "hidden": 128, "tokens": 512, "K": K,
+                     "tps_dense_masked": tps, "tps_dense_masked_q25": tps,
+                     "tps_dense_masked_q75": tps, "dense_masked_skipped": False})
+    # spread 1.4 with wide, overlapping IQRs across K: noise, not a K-dependent cost
+    for K, (tps, lo, hi) in ((1, (100.0, 70.0, 150.0)), (2, (140.0, 120.0, 160.0))):
+        rows.append({"pass": "forward", "E": 8, "hidden": 256, "tokens": 512, "K": K,
+                     "tps_dense_masked": tps, "tps_dense_masked_q25": lo,
+                     "tps_dense_masked_q75": hi, "dense_masked_skipped": False})
+    c = consistency(pd.DataFrame(rows), tol=0.25).set_index("hidden")
+    assert c.loc[64, "spread"] == pytest.approx(3.0) and not c.loc[64, "ok"]
+    assert c.loc[64, "verdict"] == "inconsistent" and not c.loc[64, "iqr_overlap"]
+    assert c.loc[128, "spread"] == pytest.approx(1.1) and c.loc[128, "ok"]
+    assert c.loc[128, "verdict"] == "ok"
+    assert c.loc[64, "max_rel_iqr"] == pytest.approx(0.2)
+    assert c.loc[256, "spread"] == pytest.approx(1.4) and not c.loc[256, "ok"]
+    assert c.loc[256, "verdict"] == "noise" and c.loc[256, "iqr_overlap"]
+
+
+def test_dense_masked_flop_count():
+    from simstudy.neural.routers_bench import dense_masked_gflop
+
+    assert dense_masked_gflop(64, 256, 256, 1000, "forward") == pytest.approx(
+        4 * 1000 * 256 * 256 * 64 / 1e9)
+    assert dense_masked_gflop(8, 16, 32, 10, "forward_backward") == pytest.approx(
+        3 * 4 * 10 * 16 * 32 * 8 / 1e9)
+
+
+def test_routers_benchmark_tiny_run(tmp_path, capfd):
+    import json
+
     import pandas as pd
 
     from simstudy.neural.routers_bench import main
 
-    assert main(["--quick", "-q", "--out", str(tmp_path)]) == 0
-    df = pd.read_csv(tmp_path / "throughput.csv")
-    assert len(df) == 4 and (tmp_path / "throughput.png").exists()
-    assert (df["rel_diff"] < 1e-5).all()
-    assert (df["memory_ratio"] < 1).all()  # the sparse layer never holds E outputs per token
-    assert (tmp_path / "throughput.md").read_text().startswith("| E | K |")
-    bridge = pd.read_csv(tmp_path / "bridge.csv")
-    assert set(bridge["method"]) == {"EM", "Adam"}
-    assert bridge["D1"].notna().all() and (bridge["hellinger"] > 0).all()
-    # both fits start from the same near-truth point and land near the same likelihood
-    ll = bridge.set_index("method")["loglik"]
-    assert abs(ll["EM"] - ll["Adam"]) < 5.0
+    args = ["-q", "--out", str(tmp_path), "--experts", "4", "--k", "1,2", "--hidden", "16",
+            "--tokens", "64", "--sweep-tokens", "64,128", "--sweep-experts", "4",
+            "--sweep-hidden", "16", "--runs", "5", "--min-run", "0.0005", "--dense-cap", "0"]
+    assert main(args) == 0
+    grid = pd.read_csv(tmp_path / "throughput.csv")
+    assert len(grid) == 2 and (grid["runs"] == 5).all()
+    assert (grid["rel_diff"] < 1e-5).all()
+    assert (grid["memory_ratio"] < 1).all()  # the sparse layer never holds E outputs per token
+    assert (grid["speedup_q25"] <= grid["speedup"]).all()
+    assert (grid["speedup"] <= grid["speedup_q75"]).all()
+    sweep = pd.read_csv(tmp_path / "tokens.csv")
+    assert set(sweep["pass"]) == {"forward", "forward_backward"} and len(sweep) == 4
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert len(runs) == 6 * 3 * 5  # configurations x layers x runs
+    cons = pd.read_csv(tmp_path / "consistency.csv")
+    assert len(cons) == 1 and cons["K"].iloc[0] == "1/2"
+    for name in ("throughput.png", "tokens.png", "efficiency.png", "throughput.md"):
+        assert (tmp_path / name).exists()
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["runs"] == 5 and len(run["load_start"]) == 3
+    assert "SyncActivityProfilerHandler" not in capfd.readouterr().err
+    readme = (tmp_path / "README.md").read_text()
+    assert "Noise check" in readme and "Not run yet: `python -m simstudy neural bridge`" in readme
+    with pytest.raises(ValueError, match="runs: at least 5"):
+        main(args[:-6] + ["--runs", "3"])
+
+
+def test_dense_cap_skips_only_the_dense_masked_timing():
+    from simstudy.neural.routers_bench import benchmark_config
+
+    row, raw = benchmark_config(4, 2, 16, 600, "forward", 5, 1e-4, dense_cap_gflop=1e-6)
+    assert row["dense_masked_skipped"] and math.isnan(row["speedup"])
+    assert set(raw["layer"]) == {"sparse", "dense_ffn"}
+    assert row["rel_diff"] < 1e-5  # still checked against the reference on 512 tokens
+
+
+def test_group_times_every_k_in_the_same_rounds_on_shared_weights():
+    from simstudy.neural.routers_bench import _layers, benchmark_group
+
+    layers = _layers(8, [1, 2, 4], 16, 16, seed=0)
+    experts = {id(m.experts) for (n, _), m in layers.items() if n != "dense_ffn"}
+    gates = {id(m.router.gate) for m in layers.values()}
+    assert len(experts) == 1 and len(gates) == 1
+    assert [layers["sparse", K].router.k for K in (1, 2, 4)] == [1, 2, 4]
+    rows, raw = benchmark_group(8, [1, 2, 4], 16, 128, "forward", 5, 1e-4, memory=False)
+    assert [r["K"] for r in rows] == [1, 2, 4]
+    assert all(r["rel_diff"] < 1e-5 for r in rows)
+    assert len(raw) == 3 * 3 * 5
+    assert set(raw.groupby(["layer", "K"]).size()) == {5}
+
+
+def test_neural_cli_bad_option_is_one_line(capsys):
+    from simstudy.neural.cli import main
+
+    assert main(["bridge", "--reps", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "simstudy neural bridge: reps: must be >= 1, got 0"
+
+
+@pytest.mark.parametrize("E,K,T", [(8, 2, 50), (16, 1, 7), (4, 4, 33)])
+def test_sparse_backward_matches_dense_masked(E, K, T):
+    torch.manual_seed(E + K)
+    sparse = SparseMoE(6, 5, E, K).double()
+    dense = DenseMaskedMoE.sharing(sparse)
+    h = torch.randn(T, 6, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(T, 6, dtype=torch.float64)
+    params = [h, *sparse.parameters()]
+    gs = torch.autograd.grad(sparse(h)[0], params, g, allow_unused=True)
+    gd = torch.autograd.grad(dense(h)[0], params, g, allow_unused=True)
+    for a, b in zip(gs, gd, strict=True):
+        a = torch.zeros_like(b) if a is None else a
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -86,7 +86,29 @@ def test_designs_match_the_spec():
     S = design_S()
     assert S.params.dense and S.inputs.low == 0.0
     assert get_design("T", K=1).params.K == 1
-    with pytest.raises(ValueError, match=r"design: unknown design 'Q'; allowed: \['S', 'T'\]"):
+    with pytest.raises(ValueError,
+                       match=r"design: unknown design 'Q'; allowed: \['P', 'S', 'T'\]"):
         get_design("Q")
     with pytest.raises(ValueError, match="^K: design S is dense"):
         get_design("S", K=1)
+    with pytest.raises(ValueError, match="^K: design P has a fixed true K = 2"):
+        get_design("P", K=3)
+
+
+def test_design_P_has_the_spec_parameters_and_region_masses():
+    """Design P (spec section 5): d = 2, X ~ U[-1, 1]^2, top-2 of 3, region masses about
+    0.36 {1, 2}, 0.27 {1, 3}, 0.37 {2, 3} (spec numbering; 0-based {0, 1}, {0, 2}, {1, 2})."""
+    from simstudy.model import active_mask, get_design
+
+    P = get_design("P")
+    assert P.params.ref == 1 and P.params.K == 2 and P.params.d == 2 and P.inputs.d == 2
+    np.testing.assert_array_equal(P.params.beta1, [[3, -2], [0, 0], [-2, -4]])
+    np.testing.assert_array_equal(P.params.beta0, [0.4, 0.0, -0.3])
+    x = P.inputs.quasi_random(2**14)
+    mask = active_mask(P.params, x)
+    masses = {tuple(np.flatnonzero(row)): 0 for row in mask}
+    for row in mask:
+        masses[tuple(np.flatnonzero(row))] += 1 / len(mask)
+    assert masses[(0, 1)] == pytest.approx(0.36, abs=0.01)
+    assert masses[(0, 2)] == pytest.approx(0.27, abs=0.01)
+    assert masses[(1, 2)] == pytest.approx(0.37, abs=0.01)

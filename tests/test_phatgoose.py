@@ -19,11 +19,21 @@ from simstudy.neural.phatgoose.analysis import (  # noqa: E402
     distribution_entropy,
     routing_summary,
 )
-from simstudy.neural.phatgoose.base import TinyViT, patchify  # noqa: E402
+from simstudy.neural.phatgoose.base import build_base  # noqa: E402
 from simstudy.neural.phatgoose.baselines import (  # noqa: E402
     best_individual,
+    build_retrieval,
     expert_task_matrix,
     oracle,
+    retrieval_predict,
+)
+from simstudy.neural.phatgoose.digits import (  # noqa: E402
+    HELD_IN,
+    HELD_OUT,
+    DigitsFamily,
+    Task,
+    get_task,
+    load_split,
 )
 from simstudy.neural.phatgoose.lora import (  # noqa: E402
     LoRALinear,
@@ -48,20 +58,14 @@ from simstudy.neural.phatgoose.routing import (  # noqa: E402
     top_k_softmax,
     top_right_singular_vector,
 )
-from simstudy.neural.phatgoose.tasks import (  # noqa: E402
-    HELD_IN,
-    HELD_OUT,
-    Task,
-    get_task,
-    load_split,
-)
+from simstudy.neural.phatgoose.tokens import TokenFamily, TokenTask  # noqa: E402
 from simstudy.neural.phatgoose.train import (  # noqa: E402
     TrainConfig,
-    to_tensors,
     train_base,
     train_expert,
     train_gate,
 )
+from simstudy.neural.transformer import patchify  # noqa: E402
 
 pytestmark = pytest.mark.torch
 torch.set_num_threads(1)
@@ -192,13 +196,31 @@ def test_zero_gate_vector_gives_one_half():
     np.testing.assert_allclose(m(u).detach().numpy(), want.detach().numpy(), atol=1e-6)
 
 
-def test_fresh_lora_equals_base():
+TINY_TOKENS = TokenFamily(n_train=64, n_test=32, n_base=256)
+
+
+def tiny_model(family=None):
+    return build_base(family or DIGITS, width=16, depth=1, heads=2, mlp_ratio=2)
+
+
+DIGITS = DigitsFamily()
+
+
+def digit_inputs(n):
+    return patchify(torch.rand(n, 8, 8), 2)
+
+
+@pytest.mark.parametrize("family", [DIGITS, TINY_TOKENS], ids=["digits", "tokens"])
+def test_fresh_lora_equals_base(family):
     torch.manual_seed(0)
-    model = TinyViT(width=16, depth=1, heads=2)
-    x = torch.rand(6, 8, 8)
+    model = tiny_model(family)
+    x = digit_inputs(6) if family is DIGITS else torch.randint(0, family.vocab, (6, 12))
     with torch.no_grad():
         want = model(x)
-    attach_lora(model, rank=2)
+    attach_lora(model, rank=2, exclude=family.lora_exclude)
+    names = {m.name for m in lora_modules(model)}
+    assert "embed" not in names  # a lookup (tokens) or excluded (digits' constant patches)
+    assert {"head", "blocks.0.attn.q", "blocks.0.mlp.fc2"} <= names
     i = add_expert(model, torch.Generator().manual_seed(0))
     assert float(lora_modules(model)[0].A[i].detach().std()) > 0  # A is random, B = 0
     with torch.no_grad(), use_mode(model, Single(i)):
@@ -208,10 +230,10 @@ def test_fresh_lora_equals_base():
     assert all(not p.requires_grad for p in model.parameters())
 
 
-def _model_with_experts(n_experts, seed=0):
+def _model_with_experts(n_experts, seed=0, exclude=()):
     torch.manual_seed(seed)
-    model = TinyViT(width=16, depth=1, heads=2)
-    attach_lora(model, rank=2)
+    model = tiny_model()
+    attach_lora(model, rank=2, exclude=exclude)
     g = torch.Generator().manual_seed(seed)
     for _ in range(n_experts):
         i = add_expert(model, g)
@@ -224,7 +246,7 @@ def _model_with_experts(n_experts, seed=0):
 
 def test_one_expert_moe_equals_that_expert():
     model = _model_with_experts(1)
-    x = torch.rand(5, 8, 8)
+    x = digit_inputs(5)
     with torch.no_grad():
         with use_mode(model, Single(0)):
             want = model(x)
@@ -247,7 +269,7 @@ def test_routed_model_uses_only_top2_experts():
     model = _model_with_experts(4)
     router = phatgoose_router(model, [0, 1, 2, 3], record=True)
     with torch.no_grad(), use_mode(model, Routed(router)):
-        model(torch.rand(3, 8, 8))
+        model(digit_inputs(3))
     assert set(router.stats) == {m.name for m in lora_modules(model)}
     for name, st in router.stats.items():
         # the head sees one pooled token per example, every other module 16 patch tokens
@@ -267,14 +289,26 @@ def test_arrow_vector_is_top_right_singular_vector(d_out, d_in):
 
 def test_average_activation_vectors_are_mean_inputs():
     model = _model_with_experts(2)
-    x = torch.rand(4, 8, 8)
+    x = digit_inputs(4)
+    x[0, :5] = 0.0  # constant (zero) patches: counted for the embedding module
     with torch.no_grad(), use_mode(model, Single(1)), capture_inputs(model) as means:
         model(x)
     # the patch embedding sees the raw 2x2 patches: its mean input is the mean patch
-    np.testing.assert_allclose(means["embed"].numpy(),
-                               patchify(x).reshape(-1, 4).mean(0).numpy(), atol=1e-6)
+    np.testing.assert_allclose(means["embed"].numpy(), x.reshape(-1, 4).mean(0).numpy(),
+                               atol=1e-6)
+    assert means.constant["embed"] == 5
+    assert all(v == 0 for k, v in means.constant.items() if k != "embed")
     router = average_activation_router([means, means], [0, 1])
     assert router.vectors["head"].shape == (2, 16)
+
+
+def test_attach_lora_excludes_named_modules():
+    model = tiny_model()
+    mods = attach_lora(model, 2, exclude=("embed",))
+    assert "embed" not in {m.name for m in mods}
+    assert isinstance(model.embed, torch.nn.Linear)
+    with pytest.raises(ValueError, match="exclude: no module named"):
+        attach_lora(tiny_model(), 2, exclude=("nope",))
 
 
 def test_retrieval_nearest_neighbour():
@@ -324,7 +358,7 @@ def test_task_operations():
 
 def test_patchify_matches_loop():
     x = torch.rand(2, 8, 8)
-    p = patchify(x)
+    p = patchify(x, 2)
     assert p.shape == (2, 16, 4)
     for r in range(4):
         for c in range(4):
@@ -355,9 +389,17 @@ def test_split_is_disjoint_and_stratified():
         (lambda: get_task("nope"), "name: unknown task 'nope'"),
         (lambda: load_split(test_fraction=1.0), "test_fraction: must lie in"),
         (lambda: TrainConfig(rank=0), "rank: must be a positive integer"),
-        (lambda: TrainConfig(gate_steps=0), "gate_steps: must be a positive integer or None"),
+        (lambda: TrainConfig(gate_steps=0), "gate_steps: must be a positive integer"),
+        (lambda: TrainConfig(multitask_steps=0), "multitask_steps: must be a positive"),
         (lambda: TrainConfig(expert_lr=-1.0), "expert_lr: must be positive"),
-        (lambda: TinyViT(width=10, heads=4), "heads: width 10 is not divisible"),
+        (lambda: TokenFamily(template_fraction=1.0), "template_fraction: must lie in"),
+        (lambda: TokenFamily(symbols=8), "symbols: must equal n_labels"),
+        (lambda: TokenFamily(held_out=((0,),)), "held_out: each mixture needs 2-3"),
+        (lambda: TokenFamily(held_out=((0, 9),)), "held_out: each mixture needs 2-3"),
+        (lambda: TokenFamily(n_train=0), "n_train: must be an integer >= 1"),
+        (lambda: TokenFamily().sample((7,), 3, np.random.default_rng(0)), "domains: must be"),
+        (lambda: TokenFamily().task_data(TokenTask("d0", (0,)), "val"), "split: must be"),
+        (lambda: DIGITS.task_data(HELD_IN[0], "val"), "split: must be"),
         (lambda: distribution_entropy(np.array([1.0])), "p: need a 1-d distribution"),
         (lambda: routing_summary({}), "stats: no routing statistics"),
     ],
@@ -367,69 +409,246 @@ def test_invalid_parameters_raise(call, match):
         call()
 
 
-# ---------------------------------------------------------------- small training runs
-def test_experts_are_specialised_and_gates_train():
+
+
+# ---------------------------------------------------------------- the per-token family
+def naive_token_labels(fam, x):
+    """Per-sequence, per-position loop implementing the family's rules from the token ids."""
+    tab, S, T0 = fam.tables, fam.symbols, fam.first_template
+    y = np.zeros_like(x)
+    gov = np.zeros_like(x)
+    for n in range(x.shape[0]):
+        g = None
+        for t in range(x.shape[1]):
+            tok = x[n, t]
+            if tok < T0:
+                g, s = divmod(int(tok), S)
+                lab = tab["perm"][g, s]
+                if t > 0 and x[n, t - 1] >= T0:
+                    lab = (lab + tab["shift"][g, x[n, t - 1] - T0]) % fam.n_labels
+            else:
+                assert g is not None, "a sequence must start with a domain token"
+                lab = tab["tmpl_label"][g, tok - T0]
+            y[n, t], gov[n, t] = lab, g
+    return y, gov
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.7])
+@pytest.mark.parametrize("domains", [(0,), (2, 5), (1, 3, 4)])
+def test_token_family_labels_match_a_loop(fraction, domains):
+    fam = TokenFamily(template_fraction=fraction, seed=4)
+    d = fam.sample(domains, 200, np.random.default_rng(1))
+    y, gov = naive_token_labels(fam, d["x"])
+    np.testing.assert_array_equal(d["y"], y)
+    np.testing.assert_array_equal(d["domain"], gov)
+    np.testing.assert_array_equal(d["template"], d["x"] >= fam.first_template)
+    dom_tok = d["x"][~d["template"]] // fam.symbols
+    assert set(np.unique(dom_tok)) == set(domains)
+    share = d["template"][:, 1:].mean()
+    assert abs(share - fraction) < 0.03
+    assert not d["template"][:, 0].any()
+
+
+def test_token_family_tables_and_tasks():
+    fam = TokenFamily(seed=0)
+    tab = fam.tables
+    assert all(sorted(p) == list(range(10)) for p in tab["perm"])
+    assert tab["shift"].min() >= 1  # a shift of 0 would make the previous token irrelevant
+    assert not np.array_equal(tab["perm"], tab["base_perm"])
+    assert [t.domains for t in fam.held_in_tasks] == [(g,) for g in range(6)]
+    assert all(t.held_out and 2 <= len(t.domains) <= 3 for t in fam.held_out_tasks)
+    assert TokenFamily(seed=1).tables["perm"].tolist() != tab["perm"].tolist()
+    a = fam.task_data(fam.held_in_tasks[0], "train")
+    b = fam.task_data(fam.held_in_tasks[0], "test")
+    assert a["x"].shape == (4096, 12) and b["x"].shape == (1024, 12)
+    assert not np.array_equal(a["x"][:1024], b["x"])  # independent draws per split
+    np.testing.assert_array_equal(a["x"], fam.task_data(fam.held_in_tasks[0], "train")["x"])
+
+
+def test_base_task_uses_its_own_tables_and_mixes_domains():
+    fam = TokenFamily(seed=2)
+    d = fam.base_sample(300, np.random.default_rng(0))
+    base = TokenFamily(seed=2)
+    # relabel with the base tables through the loop reference
+    object.__setattr__(base, "tables", {**fam.tables, "perm": fam.tables["base_perm"],
+                                        "shift": fam.tables["base_shift"],
+                                        "tmpl_label": fam.tables["base_tmpl_label"]})
+    y, _ = naive_token_labels(base, d["x"])
+    np.testing.assert_array_equal(d["y"], y)
+    doms = [set(row[row < fam.first_template] // fam.symbols) for row in d["x"]]
+    assert max(len(s) for s in doms) == 3 and min(len(s) for s in doms) == 1
+
+
+def test_raw_embedding_is_bag_of_tokens():
+    fam = TokenFamily()
+    x = np.array([[0, 0, 61, 5], [60, 60, 60, 1]])
+    e = fam.raw_embedding(x)
+    assert e.shape == (2, fam.vocab)
+    assert e[0, 0] == 2 and e[0, 61] == 1 and e[0, 5] == 1 and e[1, 60] == 3
+    np.testing.assert_array_equal(e.sum(axis=1), [4, 4])
+
+
+def test_router_records_per_token_accuracy_by_group():
     torch.manual_seed(0)
-    cfg = TrainConfig(width=32, base_steps=250, expert_steps=150, rank=4)
-    sp = load_split(seed=0)
-    tasks = [get_task(n) for n in ("rot90", "flip_ud", "label_shift")]
+    v = {"m": torch.randn(3, 5)}
+    router = VectorRouter(v, [0, 1, 2], record=True)
+    u = torch.randn(4, 6, 5)
+    tgt = torch.randint(0, 3, (4, 6))
+    grp = torch.randint(0, 2, (4, 6))
+    router.set_targets(tgt, grp, n_groups=2)
+    w, _ = router.weights("m", u)
+    top1 = w.argmax(-1)
+    st = router.stats["m"]
+    for g in (0, 1):
+        sel = grp == g
+        assert float(st["count"][g]) == int(sel.sum())
+        assert float(st["hits"][g]) == int((top1 == tgt)[sel].sum())
+    # one target per example tiles over its tokens
+    router.reset_stats()
+    router.set_targets(torch.tensor([0, 1, 2, 0]))
+    router.weights("m", u)
+    want = (top1 == torch.tensor([0, 1, 2, 0])[:, None]).sum()
+    assert float(router.stats["m"]["hits"][0]) == int(want)
+    with pytest.raises(ValueError, match="groups: shape"):
+        router.set_targets(tgt, grp[:2])
+
+
+def test_retrieval_on_raw_tokens_routes_whole_sequences():
+    fam = TINY_TOKENS
+    torch.manual_seed(0)
+    model = tiny_model(fam)
+    attach_lora(model, 2)
     g = torch.Generator().manual_seed(0)
-    xb, yb = to_tensors(*get_task("base").apply(sp.x_train, sp.y_train))
-    model, _ = train_base(cfg, xb, yb, g)
+    for _ in range(2):
+        i = add_expert(model, g)
+        for m in lora_modules(model):
+            m.B[i].data.normal_(generator=g)
+    stores = [fam.raw_embedding(fam.task_data(t, "train")["x"]) for t in fam.held_in_tasks[:2]]
+    router = build_retrieval(stores, [0, 1])
+    test = fam.task_data(fam.held_in_tasks[1], "test")
+    pred, assigned = retrieval_predict(model, router, torch.as_tensor(test["x"]),
+                                       fam.raw_embedding(test["x"]))
+    assert pred.shape == test["y"].shape
+    assert (assigned == 1).all()  # the bag of tokens reveals the domain
+    with torch.no_grad(), use_mode(model, Single(1)):
+        want = model(torch.as_tensor(test["x"])).argmax(-1)
+    assert torch.equal(pred, want)
+
+
+# ---------------------------------------------------------------- the cache is data
+def test_load_stage_refuses_a_crafted_pickle(tmp_path):
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "base.pt"
+    with open(bad, "wb") as fh:
+        pickle.dump({"state": Evil()}, fh, protocol=2)
+    with pytest.raises(ValueError, match="is not a data-only stage file"):
+        bench.load_stage(bad)
+    assert not marker.exists()  # the payload never ran
+    good = tmp_path / "good.pt"
+    bench.save_stage({"gate": {"m": torch.ones(3)}, "seconds": 1.5, "tag": "x"}, good)
+    st = bench.load_stage(good)
+    assert st["seconds"] == 1.5 and torch.equal(st["gate"]["m"], torch.ones(3))
+
+
+# ---------------------------------------------------------------- small training runs
+def test_experts_specialise_and_gates_train_on_the_token_family():
+    fam = TokenFamily(n_train=1024, n_test=256, n_base=2048, seed=1)
+    cfg = TrainConfig(width=16, depth=1, heads=2, batch=64, base_steps=150, expert_steps=120,
+                      gate_steps=15, gate_batch=128)
+    torch.manual_seed(0)
+    model = build_base(fam, cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio)
+    g = torch.Generator().manual_seed(0)
+    d = fam.base_data()
+    train_base(model, cfg, torch.as_tensor(d["x"]), torch.as_tensor(d["y"]), g)
     attach_lora(model, cfg.rank)
-    experts, test = [], {}
+    tasks = fam.held_in_tasks[:3]
+    experts, test = [], []
     for t in tasks:
-        x, y = to_tensors(*t.apply(sp.x_train, sp.y_train))
+        tr = fam.task_data(t, "train")
+        x, y = torch.as_tensor(tr["x"]), torch.as_tensor(tr["y"])
         i, _ = train_expert(model, cfg, x, y, g)
-        train_gate(model, i, replace_gate(cfg), x, y, g)
+        train_gate(model, i, cfg, x, y, g)
         experts.append(i)
-        test[t.name] = to_tensors(*t.apply(sp.x_test, sp.y_test))
+        te = fam.task_data(t, "test")
+        test.append((torch.as_tensor(te["x"]), torch.as_tensor(te["y"])))
     mat = expert_task_matrix(model, experts, test)
-    # each task is solved best by its own expert, by a clear margin
-    assert (mat.argmax(axis=0) == np.arange(len(tasks))).all(), mat
+    assert (mat.argmax(axis=0) == np.arange(3)).all(), mat
     assert (np.diag(mat) - np.sort(mat, axis=0)[-2] > 0.1).all(), mat
-    # the gates moved away from zero, and the gated expert still solves its task
     assert all(float(m.gate[i].abs().max()) > 0 for m in lora_modules(model) for i in experts)
-    x, y = test["rot90"]
-    with torch.no_grad(), use_mode(model, Single(0, gated=True)):
-        assert float((model(x).argmax(1) == y).float().mean()) > 0.5
+    x, y = test[0]
     with torch.no_grad(), use_mode(model, Off()):
-        assert float((model(x).argmax(1) == y).float().mean()) < mat[0, 0] - 0.2
-
-
-def replace_gate(cfg):
-    return TrainConfig(**{**cfg.to_dict(), "gate_steps": 15})
+        base_acc = float((model(x).argmax(-1) == y).float().mean())
+    assert base_acc < mat[0, 0] - 0.2
 
 
 def test_quick_end_to_end_and_resume(tmp_path, monkeypatch):
-    tiny = TrainConfig(width=16, heads=2, depth=1, base_steps=20, expert_steps=10,
-                       multitask_steps=10, retrieval_per_task=5)
+    tiny = bench.Plan(
+        seeds=2, fractions=(0.3, 0.0), gate_sweep=(3,),
+        tokens=TrainConfig(width=8, depth=1, heads=2, batch=32, base_steps=10, expert_steps=6,
+                           gate_steps=2, gate_batch=32, multitask_steps=6,
+                           retrieval_per_task=8),
+        digits_cfg=TrainConfig(width=8, depth=1, heads=2, batch=32, base_steps=5,
+                               expert_steps=3, gate_steps=2, gate_batch=32,
+                               multitask_steps=3, retrieval_per_task=5),
+        family={"n_train": 64, "n_test": 32, "n_base": 128})
     monkeypatch.setattr(bench, "QUICK", tiny)
     out, cache = tmp_path / "out", tmp_path / "cache"
-    argv = ["--quick", "--seeds", "2", "--out", str(out), "--cache", str(cache)]
+    argv = ["--quick", "--out", str(out), "--cache", str(cache), "--jobs", "1"]
     assert bench.main(argv) == 0
-    for f in ("README.md", "heldout_accuracy.csv", "heldout_accuracy.md", "heldin_accuracy.csv",
-              "routing.csv", "compute.csv", "expert_task_matrix.csv", "heldout_accuracy.png",
-              "routing_phatgoose.png"):
+    for f in ("README.md", "heldout_accuracy.csv", "heldout_accuracy.md", "heldin_accuracy.md",
+              "token_types.md", "routing_accuracy.md", "template_sweep.md", "gate_steps.md",
+              "compute.md", "digits_control.md", "expert_task_matrix.md", "accuracy.png",
+              "template_sweep.png", "gate_steps.png", "routing_accuracy.png",
+              "digits_control.png"):
         assert (out / f).stat().st_size > 0, f
-    evals = sorted(cache.glob("*/seed*/eval.json"))
-    assert len(evals) == 2
-    first = json.loads(evals[0].read_text())
-    assert set(first["accuracy"]) == set(bench.METHODS)
-    assert set(first["accuracy"]["phatgoose"]) == {"base", *(t.name for t in HELD_IN),
-                                                   *(t.name for t in HELD_OUT)}
-    assert first["steps"]["gate"] == 1  # a tenth of 10 expert steps
-    # resume: drop the evaluation only; the cached stages must give identical numbers
-    evals[0].unlink()
+    evals = sorted(cache.glob("tokens/*/seed*/eval-*.json"))
+    assert len(evals) == 4  # 2 fractions x 2 seeds
+    bases = sorted(cache.glob("tokens/base-*/seed*/base.pt"))
+    assert len(bases) == 2  # one base per seed serves both fractions
+    main = [json.loads(p.read_text()) for p in evals]
+    main = [r for r in main if r["main"]][0]
+    assert set(main["accuracy"]) == set(bench.METHODS)
+    assert set(main["gate_sweep"]) == {"3"}
+    assert sum(main["constant_input_tokens"].values()) == 0
+    acc = main["routing"]["phatgoose"]["d0"]["module_accuracy"]
+    assert set(acc) == set(main["modules"])
+    assert all(0 <= a <= 1 for v in acc.values() for a in v if np.isfinite(a))
+    # resume: drop one evaluation only; the cached stages must give identical numbers
+    path = [p for p in evals if json.loads(p.read_text())["main"]][0]
+    first = json.loads(path.read_text())
+    path.unlink()
     assert bench.main(argv + ["--no-figures"]) == 0
-    again = json.loads(evals[0].read_text())
+    again = json.loads(path.read_text())
     assert again["accuracy"] == first["accuracy"]
-    assert "PHATGOOSE" in (out / "README.md").read_text()
+    assert again["gate_sweep"] == first["gate_sweep"]
+    readme = (out / "README.md").read_text()
+    assert "In plain words" in readme and "Average Activation" in readme
+    assert "smoke test" in readme
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
-    assert [r["fresh_seeds"] for r in runs] == [2, 1]
-    half = again["diagnostics"]["own_expert_half_weight"]
-    assert set(half) == {t.name for t in HELD_IN} and all(0 <= v <= 1 for v in half.values())
-    long_gates = again["diagnostics"]["long_gates"]
-    assert long_gates["gate_steps"] == 10 * first["steps"]["gate"]
-    assert set(long_gates["accuracy"]) == set(first["accuracy"]["phatgoose"])
-    assert len(list(cache.glob("*/seed0/gate-long-rot90.pt"))) == 1
+    assert len(runs) == 2
+    run = json.loads((out / "run.json").read_text())
+    assert run == runs[-1] and run["units"] == 6  # 2 fractions x 2 seeds + 2 digits seeds
+    # the second invocation loaded every training stage, yet reports their cost
+    assert run["stage_seconds"]["total"] > 0
+    assert "single-thread seconds" in readme
+
+
+def test_stage_seconds_counts_a_shared_base_once():
+    def unit(family, seed, base):
+        return {"family": family, "seed": seed,
+                "timings": {"base": base, "experts": {"a": 1.0, "b": 2.0},
+                            "gates": {"100": {"a": 0.5, "b": 0.5}, "30": {"a": 0.25}},
+                            "multitask": 4.0}}
+
+    # two template fractions of tokens seed 0 share one base (10 s); digits seed 0 has its own
+    st = bench.stage_seconds([unit("tokens", 0, 10.0), unit("tokens", 0, 10.0),
+                              unit("digits", 0, 3.0)])
+    assert st == {"base": 13.0, "experts": 9.0, "gates": 3.75, "multitask": 12.0,
+                  "total": 37.75}

@@ -178,7 +178,7 @@ def test_design_K_override(tmp_path):
         ("init_noise = 0.1", 'init = "random"', ["key 'fit[1].init'", "unknown init",
                                                  "allowed: near_truth, data"]),
         ('name = "T"', 'name = "Q"', ["key 'design.name'", "unknown design 'Q'",
-                                      "allowed: S, T"]),
+                                      "allowed: P, S, T"]),
         ('name = "T"', 'name = "S"\nK = 3', ["key 'design.K'", "design S"]),
         ('name = "T"', 'name = "T"\nK = 5', ["key 'design.K'", "K"]),
         ("replications = 2", 'replications = 2\nmetrics = ["D1", "speed"]',

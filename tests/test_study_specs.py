@@ -39,22 +39,10 @@ def write(tmp_path, name="s", k=4, K=3, extra="[1]", more="",
     return p
 
 
-def _estimator_takes(option):
-    import inspect
-
-    from simstudy.estimation import TopKMoEEM
-
-    return option in inspect.signature(TopKMoEEM).parameters
-
-
-def test_every_committed_study_loads_or_says_what_it_needs():
+def test_every_committed_study_loads():
     for path in sorted(STUDIES.glob("*.toml")):
-        try:
-            spec = load_spec(path)
-        except SpecError as exc:  # a study of a feature another branch brings
-            assert "beta1_bound" in str(exc) and not _estimator_takes("beta1_bound"), exc
-            continue
-        assert spec.name == path.stem and spec.tasks()
+        spec = load_spec(path)
+        assert spec.name == path.stem and spec.n_tasks() > 0
 
 
 def test_factorial_protocols_are_accepted_and_resolved(tmp_path):
@@ -92,15 +80,6 @@ def test_two_extra_atoms_start_on_the_expert_and_split_its_mass():
     assert ref == T.ref
 
 
-@pytest.mark.skipif(_estimator_takes("beta1_bound"), reason="the estimator has the option")
-def test_bounded_slope_fit_is_refused_with_a_clear_message_without_the_option(tmp_path):
-    with pytest.raises(SpecError, match=r"key 'fit\[0\].beta1_bound': fit 'over' with protocol "
-                                        r"'papers': beta1_bound: the estimator of this version "
-                                        r"has no option 'beta1_bound'"):
-        load_spec(write(tmp_path, K=4, more="beta1_bound = 20.0"))
-
-
-@pytest.mark.skipif(not _estimator_takes("beta1_bound"), reason="needs the bounded option")
 def test_bounded_slope_fit_reaches_the_estimator(tmp_path):
     spec = load_spec(write(tmp_path, K=4, more="beta1_bound = 20.0"))
     task = spec.make_task(spec.conditions()[0], 0)

@@ -194,7 +194,7 @@ def execute(task_fn: Callable, task, limit: str = "each") -> tuple[str, int, int
 def run_study(spec_or_path, jobs: int | None = None, backend: str = "loky", scheduler=None,
               progress: bool = True, *, force_new: bool = False, retry_errors: bool = False,
               store_dir=None, task_fn: Callable | None = None, max_reps: int | None = None,
-              allow_mixed: bool = False, journal_mode: str | None = None,
+              max_n: int | None = None, allow_mixed: bool = False, journal_mode: str | None = None,
               wait_for_workers: int = 1, wait_timeout: float | None = None,
               slurm: dict | None = None) -> RunSummary:
     """Run every task of a study that is not in its store yet.
@@ -227,6 +227,9 @@ def run_study(spec_or_path, jobs: int | None = None, backend: str = "loky", sche
     max_reps : int, optional
         A staged run: only replications ``0 .. max_reps - 1`` of every condition (a later run
         without it completes the rest). Default: all replications of the spec.
+    max_n : int, optional
+        A staged run: only the conditions with n <= ``max_n`` (e.g. the small sample sizes of
+        every study first; a later run without it adds the large ones). Default: every n.
     allow_mixed : bool
         Add rows to a store whose rows were computed by other code or libraries (each row keeps
         its own provenance).
@@ -262,6 +265,9 @@ def run_study(spec_or_path, jobs: int | None = None, backend: str = "loky", sche
     if max_reps is not None and (isinstance(max_reps, bool) or not isinstance(max_reps, int)
                                  or max_reps < 1):
         raise ValueError(f"max_reps: expected a positive integer, got {max_reps!r}")
+    if max_n is not None and (isinstance(max_n, bool) or not isinstance(max_n, int)
+                              or max_n < 1):
+        raise ValueError(f"max_n: expected a positive integer, got {max_n!r}")
     if isinstance(wait_for_workers, bool) or not isinstance(wait_for_workers, int) \
             or wait_for_workers < 1:
         raise ValueError(f"wait_for_workers: expected an integer >= 1, got {wait_for_workers!r}")
@@ -274,16 +280,16 @@ def run_study(spec_or_path, jobs: int | None = None, backend: str = "loky", sche
     path = store_path(spec.name, resolve_store_dir(spec, store_dir))
     opts = dict(jobs=jobs, backend=backend, scheduler=scheduler, progress=progress,
                 force_new=force_new, retry_errors=retry_errors, task_fn=task_fn,
-                default_task=default_task, max_reps=max_reps, allow_mixed=allow_mixed,
+                default_task=default_task, max_reps=max_reps, max_n=max_n, allow_mixed=allow_mixed,
                 journal_mode=journal_mode, wait_for_workers=wait_for_workers,
                 wait_timeout=wait_timeout or WAIT_TIMEOUT.get(backend, 60.0), slurm=slurm or {})
     with StoreLock(path):
         return _run_locked(spec, path, t0, **opts)
 
 
-def _in_plan(keys, spec: StudySpec, reps: int) -> int:
+def _in_plan(keys, spec: StudySpec, reps: int, max_n: int | None = None) -> int:
     """How many of ``keys`` are tasks of the plan (conditions of the spec, rep < reps)."""
-    ids = spec.condition_ids()
+    ids = spec.condition_ids(max_n)
     return sum(1 for cid, rep in keys if cid in ids and rep < reps)
 
 
@@ -318,11 +324,12 @@ def _open_store(spec, path, force_new, allow_mixed, journal_mode, mine, summary)
 
 
 def _run_locked(spec, path, t0, *, jobs, backend, scheduler, progress, force_new, retry_errors,
-                task_fn, default_task, max_reps, allow_mixed, journal_mode, wait_for_workers,
+                task_fn, default_task, max_reps, max_n, allow_mixed, journal_mode, wait_for_workers,
                 wait_timeout, slurm) -> RunSummary:
     mine = prov.collect(task_fn)
     reps = spec.replications if max_reps is None else min(max_reps, spec.replications)
-    summary = RunSummary(study=spec.name, store=path, total=spec.n_tasks(max_reps), skipped=0)
+    summary = RunSummary(study=spec.name, store=path, total=spec.n_tasks(max_reps, max_n),
+                         skipped=0)
     store = _open_store(spec, path, force_new, allow_mixed, journal_mode, mine, summary)
     try:
         if summary.backup is not None:
@@ -331,9 +338,9 @@ def _run_locked(spec, path, t0, *, jobs, backend, scheduler, progress, force_new
         if retry_errors:
             store.delete(store.done_keys(["error"]))
         done = store.done_keys()
-        summary.skipped = _in_plan(done, spec, reps)
+        summary.skipped = _in_plan(done, spec, reps, max_n)
         n_pending = summary.total - summary.skipped
-        pending = (t for t in spec.iter_tasks(max_reps) if t.key not in done)
+        pending = (t for t in spec.iter_tasks(max_reps, max_n) if t.key not in done)
         if n_pending:
             first = next(pending)
             pending = itertools.chain([first], pending)

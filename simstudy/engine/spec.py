@@ -29,7 +29,7 @@ Format (every key not listed is an error)::
     tol = 1e-8                # > 0
     grad_tol = 1e-6           # > 0
     max_iter = 5000           # >= 1
-    acceleration = "squarem"  # or "none", "lbfgs" (lbfgs needs grad_tol)
+    acceleration = "squarem"  # or "none", "lbfgs", "newton" (lbfgs, newton need grad_tol)
     var_floor = 1e-6          # > 0
     max_seconds = 600         # > 0: per-fit time budget; a fit that runs out is stored with
                               # status "timeout" (needs an estimator with this option)
@@ -99,7 +99,7 @@ __all__ = [
 ]
 
 INITS = ("near_truth", "data")
-ACCELERATIONS = ("none", "squarem", "lbfgs")
+ACCELERATIONS = ("none", "squarem", "lbfgs", "newton")
 EM_KEYS = ("tol", "grad_tol", "max_iter", "acceleration", "var_floor", "max_seconds")
 # metric names of compute_metrics; per-expert ones take a suffix _j (spec numbering)
 METRIC_GLOBAL = ("D1", "D2", "hellinger", "tv")
@@ -497,8 +497,8 @@ class StudySpec:
         """Every condition, in file order: fits, then protocols, then n."""
         return list(self._conditions)
 
-    def condition_ids(self) -> frozenset[str]:
-        return frozenset(c.condition_id for c in self._conditions)
+    def condition_ids(self, max_n: int | None = None) -> frozenset[str]:
+        return frozenset(c.condition_id for c in self._staged(max_n))
 
     def condition(self, condition_id: str) -> Condition:
         """Look a condition up by id (a unique prefix is accepted)."""
@@ -527,21 +527,27 @@ class StudySpec:
             design_hash=content_hash(cond.content["design"]),
         )
 
-    def n_tasks(self, max_reps: int | None = None) -> int:
-        """Number of tasks (of replications below ``max_reps`` when given)."""
-        reps = self.replications if max_reps is None else min(max_reps, self.replications)
-        return len(self._conditions) * reps
+    def _staged(self, max_n: int | None):
+        return [c for c in self._conditions if max_n is None or c.n <= max_n]
 
-    def iter_tasks(self, max_reps: int | None = None) -> Iterator[Task]:
+    def n_tasks(self, max_reps: int | None = None, max_n: int | None = None) -> int:
+        """Number of tasks (of replications below ``max_reps`` and n <= ``max_n`` when given)."""
+        reps = self.replications if max_reps is None else min(max_reps, self.replications)
+        return len(self._staged(max_n)) * reps
+
+    def iter_tasks(self, max_reps: int | None = None,
+                   max_n: int | None = None) -> Iterator[Task]:
         """Every task, made one at a time: conditions x replications, replication-major.
 
         Replication-major order means a run stopped part-way (a time limit, a killed session)
         leaves whole replications of every condition, a balanced design across n and fits,
-        rather than some conditions complete and others empty.
+        rather than some conditions complete and others empty. ``max_reps`` and ``max_n`` stage
+        a run: only replications below ``max_reps`` of the conditions with n <= ``max_n``.
         """
         reps = self.replications if max_reps is None else min(max_reps, self.replications)
+        conditions = self._staged(max_n)
         for r in range(reps):
-            for c in self._conditions:
+            for c in conditions:
                 yield self.make_task(c, r)
 
     def tasks(self) -> list[Task]:

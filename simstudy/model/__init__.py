@@ -9,7 +9,7 @@ from simstudy.model.density import (
     loglik,
     sample,
 )
-from simstudy.model.designs import Design, design_S, design_T, get_design
+from simstudy.model.designs import Design, design_P, design_S, design_T, get_design
 from simstudy.model.inputs import UniformBox
 from simstudy.model.params import MoEParams
 
@@ -19,6 +19,7 @@ __all__ = [
     "Design",
     "design_T",
     "design_S",
+    "design_P",
     "get_design",
     "active_mask",
     "gating_weights",

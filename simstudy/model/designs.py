@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from simstudy.model.inputs import UniformBox
 from simstudy.model.params import MoEParams
 
-__all__ = ["Design", "design_T", "design_S", "get_design", "DESIGNS"]
+__all__ = ["Design", "design_T", "design_S", "design_P", "get_design", "DESIGNS"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,26 @@ def design_S() -> Design:
     return Design(name="S", params=params, inputs=UniformBox(1, 0.0, 1.0))
 
 
-DESIGNS = {"T": design_T, "S": design_S}
+def design_P() -> Design:
+    """Design P (top-K with moving boundaries): d = 2, X ~ U[-1, 1]^2, k* = 3, K = 2.
+
+    The top-2 regions are bounded by lines through 0 whose directions depend on the slopes
+    (masses about 0.36 {1, 2}, 0.27 {1, 3}, 0.37 {2, 3} in the spec numbering), so a fit must
+    move region boundaries. Every expert is excluded somewhere.
+    """
+    params = MoEParams(
+        beta0=[0.4, 0.0, -0.3],
+        beta1=[[3.0, -2.0], [0.0, 0.0], [-2.0, -4.0]],
+        a=[[1.0, 1.0], [-1.0, 0.5], [0.5, -1.0]],
+        b=[1.0, -2.0, 2.5],
+        v=[0.2, 0.3, 0.25],
+        K=2,
+        ref=1,
+    )
+    return Design(name="P", params=params, inputs=UniformBox(2, -1.0, 1.0))
+
+
+DESIGNS = {"T": design_T, "S": design_S, "P": design_P}
 
 
 def get_design(name: str, K: int | None = None) -> Design:
@@ -75,6 +94,10 @@ def get_design(name: str, K: int | None = None) -> Design:
         raise ValueError(f"design: unknown design {name!r}; allowed: {sorted(DESIGNS)}")
     if name == "T":
         return design_T(2 if K is None else K)
+    if name == "P":
+        if K is not None and K != 2:
+            raise ValueError(f"K: design P has a fixed true K = 2, got {K}")
+        return design_P()
     if K is not None and K != 2:
         raise ValueError(f"K: design S is dense with k* = 2, so K must be 2, got {K}")
     return design_S()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 # each benchmark module exposes ``main(argv) -> int``; imported lazily so that torch is only
 # needed when a neural benchmark actually runs
 BENCHMARKS = {
     "routers": "simstudy.neural.routers_bench",
+    "bridge": "simstudy.neural.bridge_bench",
     "jei-dnn": "simstudy.neural.jei_dnn.bench",
     "phatgoose": "simstudy.neural.phatgoose.bench",
 }
@@ -27,4 +29,12 @@ def main(argv: list[str]) -> int:
         if exc.name == "torch":
             parser.error("the neural benchmarks need torch: pip install 'simstudy[torch]'")
         raise
-    return int(module.main(ns.args) or 0)
+    try:
+        return int(module.main(ns.args) or 0)
+    except ValueError as exc:  # a bad option or input: one line, no traceback
+        print(f"simstudy neural {ns.benchmark}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"simstudy neural {ns.benchmark}: interrupted; rerun the same command to resume "
+              "(finished stages are cached where the benchmark caches)", file=sys.stderr)
+        return 130

@@ -40,10 +40,10 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 
 def write_table(df, path_stem: Path, digits: int = 3) -> tuple[Path, Path]:
-    """Write a pandas DataFrame as ``<stem>.csv`` and a GitHub markdown ``<stem>.md``.
+    """Write a pandas DataFrame as ``<stem>.csv`` and a markdown ``<stem>.md``.
 
-    The markdown comes from the project's one table writer,
-    :func:`simstudy.reports.tables.to_markdown`.
+    The markdown goes through the project's one table writer,
+    :func:`simstudy.reports.tables.to_markdown`; the CSV keeps full precision.
     """
     from simstudy.reports.tables import to_markdown
 

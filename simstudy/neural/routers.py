@@ -38,6 +38,7 @@ __all__ = [
     "ExpertFFN",
     "SparseMoE",
     "DenseMaskedMoE",
+    "ActiveFlopsFFN",
     "dense_weights",
 ]
 
@@ -211,6 +212,10 @@ class Router(nn.Module):
         One of :data:`VARIANTS`.
     bias : bool
         Whether the router has a bias c.
+    select_on_slope : bool
+        Choose the top-K set on ``W h`` without the bias (weights still from ``W h + c``): the
+        statistical model's rule (:func:`simstudy.model.log_gating_weights`), ties to the lower
+        index. Only for the top-k variants with a bias.
 
     Notes
     -----
@@ -229,8 +234,13 @@ class Router(nn.Module):
         k: int,
         variant: str = "topk_softmax",
         bias: bool = False,
+        select_on_slope: bool = False,
     ):
         super().__init__()
+        if select_on_slope and (not bias or variant not in ("topk_softmax", "noisy_topk")):
+            raise ValueError("select_on_slope: needs bias=True and a topk_softmax/noisy_topk "
+                             f"variant, got bias={bias}, variant={variant!r}")
+        self.select_on_slope = bool(select_on_slope)
         if isinstance(hidden, bool) or int(hidden) != hidden or hidden < 1:
             raise ValueError(f"hidden: must be an integer >= 1, got {hidden!r}")
         if isinstance(n_experts, bool) or int(n_experts) != n_experts or n_experts < 1:
@@ -249,17 +259,25 @@ class Router(nn.Module):
         """Route tokens ``h`` of shape (T, hidden)."""
         clean = self.gate(h)
         zero = clean.new_zeros(())
+        # the statistical rule selects on the slope part; the offset cancels from the noise
+        offset = self.gate.bias if self.select_on_slope else None
+        sel = None if offset is None else clean - offset
+        stable = self.select_on_slope
         if self.variant != "noisy_topk":
-            idx, w = route(clean, self.k, self.variant)
+            idx, w = route(clean, self.k, self.variant, selection_logits=sel, stable=stable)
             return RouterOutput(idx, w, clean, zero)
         if self.training:
             noise_std = F.softplus(self.noise(h))
             noisy = clean + torch.randn_like(clean) * noise_std
-            idx, w = route(noisy, self.k, "topk_softmax")
-            load = noisy_topk_load(clean, noisy, noise_std, self.k)
+            nsel = None if offset is None else noisy - offset
+            idx, w = route(noisy, self.k, "topk_softmax", selection_logits=nsel, stable=stable)
+            if offset is None:
+                load = noisy_topk_load(clean, noisy, noise_std, self.k)
+            else:
+                load = noisy_topk_load(sel, nsel, noise_std, self.k)
         else:
             noisy = clean
-            idx, w = route(clean, self.k, "topk_softmax")
+            idx, w = route(clean, self.k, "topk_softmax", selection_logits=sel, stable=stable)
             load = torch.bincount(idx.reshape(-1), minlength=self.n_experts).to(clean.dtype)
         importance = dense_weights(idx, w, self.n_experts).sum(dim=0)
         return RouterOutput(idx, w, noisy, load_balancing_loss(importance, load))
@@ -288,9 +306,25 @@ class ExpertFFN(nn.Module):
     def n_experts(self) -> int:
         return self.w1.shape[0]
 
-    def expert(self, e: int, h: torch.Tensor) -> torch.Tensor:
-        """Output of expert ``e`` on tokens ``h`` (n, hidden)."""
-        return F.gelu(h @ self.w1[e] + self.b1[e]) @ self.w2[e] + self.b2[e]
+    def expert(self, e: int, h: torch.Tensor, unbound=None) -> torch.Tensor:
+        """Output of expert ``e`` on tokens ``h`` (n, hidden).
+
+        ``unbound`` (from :meth:`unbound`) supplies the expert's weights when many experts run
+        in one pass.
+        """
+        w1, b1, w2, b2 = unbound[e] if unbound is not None else \
+            (self.w1[e], self.b1[e], self.w2[e], self.b2[e])
+        return F.gelu(h @ w1 + b1) @ w2 + b2
+
+    def unbound(self) -> list[tuple[torch.Tensor, ...]]:
+        """Per expert ``(w1, b1, w2, b2)`` views from one ``unbind`` of each stacked weight.
+
+        Under autograd one unbind has a single backward that stacks the experts' gradients;
+        indexing ``w1[e]`` expert by expert would allocate a zero gradient of the whole stack
+        for every expert (E times the work).
+        """
+        return list(zip(self.w1.unbind(0), self.b1.unbind(0), self.w2.unbind(0),
+                        self.b2.unbind(0), strict=True))
 
     def all_experts(self, h: torch.Tensor) -> torch.Tensor:
         """Every expert on every token, shape (E, T, hidden)."""
@@ -312,6 +346,18 @@ class _MoEBase(nn.Module):
         self.router = Router(hidden, n_experts, k, variant, bias=router_bias)
         self.experts = ExpertFFN(n_experts, hidden, ffn)
 
+    @classmethod
+    def sharing(cls, other: _MoEBase) -> _MoEBase:
+        """A layer of this class holding the very same router and experts as ``other``.
+
+        No weights are copied (a benchmark compares layers on identical weights without
+        doubling their memory).
+        """
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.router, layer.experts = other.router, other.experts
+        return layer
+
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, RouterOutput]:
         """Mix the experts on tokens ``h`` (T, hidden) or (..., hidden).
 
@@ -326,9 +372,10 @@ class _MoEBase(nn.Module):
 class SparseMoE(_MoEBase):
     """MoE layer that runs each token only through its K selected experts.
 
-    Tokens are grouped per expert (one sort of the T*K assignments), each expert runs once on
-    its gathered tokens, and the weighted outputs are scatter-added back; experts that receive
-    no token are skipped. The E - K unused outputs of a token are never computed.
+    Tokens are grouped per expert (one sort of the T*K assignments, one gather), each expert
+    runs once on its contiguous block of tokens, and the weighted outputs are scatter-added back
+    in one ``index_add``; experts that receive no token are skipped. The E - K unused outputs
+    of a token are never computed.
     Parameters as :class:`DenseMaskedMoE` (same parameter names, so state dicts are shared).
     """
 
@@ -339,16 +386,14 @@ class SparseMoE(_MoEBase):
         token = torch.div(order, K, rounding_mode="floor")
         weight = r.weights.reshape(-1)[order]
         counts = torch.bincount(flat_expert, minlength=self.experts.n_experts).tolist()
-        out = torch.zeros_like(h)
-        start = 0
-        for e, c in enumerate(counts):
-            if c == 0:
-                continue
-            tok = token[start : start + c]
-            y = self.experts.expert(e, h.index_select(0, tok))
-            out.index_add_(0, tok, y * weight[start : start + c, None])
-            start += c
-        return out
+        # one gather, one split, one scatter-add: under autograd each has a single backward
+        # of size T*K (slicing or gathering per expert would allocate a full-size gradient
+        # for every expert, E times the work)
+        chunks = torch.split(h.index_select(0, token), counts)
+        unbound = self.experts.unbound()
+        ys = torch.cat([self.experts.expert(e, x, unbound) for e, x in enumerate(chunks)
+                        if len(x)])
+        return h.new_zeros(h.shape).index_add(0, token, ys * weight[:, None])
 
 
 class DenseMaskedMoE(_MoEBase):
@@ -360,3 +405,33 @@ class DenseMaskedMoE(_MoEBase):
     def _mix(self, h: torch.Tensor, r: RouterOutput) -> torch.Tensor:
         all_out = self.experts.all_experts(h)  # (E, T, hidden)
         return torch.einsum("te,eth->th", r.dense(), all_out)
+
+
+class ActiveFlopsFFN(nn.Module):
+    """Dispatch-overhead baseline: the router, then one dense FFN of inner width ``k * ffn``.
+
+    Every token runs through the same two-layer GELU FFN whose inner width is the sum of the
+    inner widths of its K selected experts, so its multiply-adds per token equal those of a
+    :class:`SparseMoE` token (router included); what it lacks is the dispatch (top-k, grouping
+    by expert, gather, scatter-add). The router's weights only feed an added zero, so its cost
+    is counted and its output ignored.
+
+    Parameters
+    ----------
+    hidden, ffn, n_experts, k, variant : as :class:`SparseMoE`.
+    """
+
+    def __init__(self, hidden: int, ffn: int, n_experts: int, k: int,
+                 variant: str = "topk_softmax"):
+        super().__init__()
+        self.router = Router(hidden, n_experts, k, variant)
+        self.ffn = ExpertFFN(1, hidden, self.router.k * int(ffn))
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, RouterOutput]:
+        shape = h.shape
+        flat = h.reshape(-1, shape[-1])
+        r = self.router(flat)
+        # the routing weights enter the output (times zero) so that, under autograd, the
+        # router's backward runs as it does in the sparse layer
+        out = self.ffn.expert(0, flat) + 0.0 * r.weights.sum(dim=1, keepdim=True)
+        return out.reshape(shape), r

@@ -177,6 +177,7 @@ def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
         ``theory``, ``rates``, ``summary``, ``factorial`` (DataFrames), ``files`` (written
         paths), ``meta``.
     """
+    from simstudy.reports.coverage import write_fit_checks
     from simstudy.reports.factorial import factorial_table
     from simstudy.reports.rates import INCLUDED_STATUSES, partition_table, rate_table
     from simstudy.reports.summaries import diagnostic_summary, per_n_summary
@@ -196,6 +197,7 @@ def build_study(study: str, df: pd.DataFrame, configs, out, *, spec_path=None,
     files = write_tables(study, df, rates, summary, out,
                          partitions=partition_table(df, theory),
                          diagnostics=diagnostic_summary(df, theory), factorial=fac, tol=tol)
+    files += write_fit_checks(study, df, out)  # coverage, certificates, global checks
     theory.to_csv(out / "tables" / f"{study}_theory.csv", index=False)
     files.append(out / "tables" / f"{study}_theory.csv")
     key_figures = []

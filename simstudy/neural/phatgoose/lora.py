@@ -83,10 +83,12 @@ class LoRALinear(nn.Module):
         self.B = nn.ParameterList()
         self.gate = nn.ParameterList()
         self.mode: Off | Single | Routed | Merged = Off()
-        # average-activation capture: running sum of inputs and token count
+        # average-activation capture: running sum of inputs, token count, and the tokens whose
+        # input is constant across features (standardising those gives 0 and ties all scores)
         self.capture = False
         self.capture_sum: torch.Tensor | None = None
         self.capture_n = 0
+        self.capture_constant = 0
 
     @property
     def in_features(self) -> int:
@@ -135,6 +137,7 @@ class LoRALinear(nn.Module):
             s = flat.sum(dim=0)
             self.capture_sum = s if self.capture_sum is None else self.capture_sum + s
             self.capture_n += flat.shape[0]
+            self.capture_constant += int((flat.amax(dim=1) == flat.amin(dim=1)).sum())
         out = self.base(u)
         mode = self.mode
         if isinstance(mode, Off):
@@ -155,14 +158,19 @@ class LoRALinear(nn.Module):
         raise TypeError(f"unknown LoRA mode {mode!r}")
 
 
-def attach_lora(model: nn.Module, rank: int) -> list[LoRALinear]:
+def attach_lora(model: nn.Module, rank: int, exclude: tuple[str, ...] = ()) -> list[LoRALinear]:
     """Replace every :class:`torch.nn.Linear` of ``model`` by a :class:`LoRALinear` (in place).
 
-    Returns the wrapped modules in definition order. The whole model is frozen first.
+    ``exclude`` names modules (qualified names) left as they are. Returns the wrapped modules
+    in definition order. The whole model is frozen first.
     """
     for p in model.parameters():
         p.requires_grad_(False)
-    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    unknown = set(exclude) - {name for name, _ in model.named_modules()}
+    if unknown:
+        raise ValueError(f"exclude: no module named {sorted(unknown)} in the model")
+    targets = [(name, m) for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and name not in exclude]
     if not targets:
         raise ValueError("model: has no nn.Linear layer to wrap")
     wrapped = []
@@ -216,16 +224,26 @@ def use_mode(model: nn.Module, mode: Off | Single | Routed | Merged) -> Iterator
 def capture_inputs(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     """Record the mean input of every wrapped module over the forward passes in the block.
 
-    Yields a dict that is filled, on exit, with ``name -> mean input (d_in,)``.
+    Yields a dict that is filled, on exit, with ``name -> mean input (d_in,)``; the number of
+    tokens whose input was constant across its features goes to ``means.constant[name]``.
     """
     mods = lora_modules(model)
     for m in mods:
-        m.capture, m.capture_sum, m.capture_n = True, None, 0
-    means: dict[str, torch.Tensor] = {}
+        m.capture, m.capture_sum, m.capture_n, m.capture_constant = True, None, 0, 0
+    means = _Means()
     try:
         yield means
     finally:
         for m in mods:
             if m.capture_n:
                 means[m.name] = m.capture_sum / m.capture_n
-            m.capture, m.capture_sum, m.capture_n = False, None, 0
+                means.constant[m.name] = m.capture_constant
+            m.capture, m.capture_sum, m.capture_n, m.capture_constant = False, None, 0, 0
+
+
+class _Means(dict):
+    """Mean inputs per module, with the per-module count of constant-input tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.constant: dict[str, int] = {}

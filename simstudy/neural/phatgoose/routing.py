@@ -94,6 +94,9 @@ class VectorRouter:
         self.score, self.top_k, self.temperature = score, int(top_k), float(temperature)
         self.record = record
         self.stats: dict[str, dict[str, torch.Tensor | int]] = {}
+        self.targets: torch.Tensor | None = None
+        self.groups: torch.Tensor | None = None
+        self.n_groups = 1
 
     def scores(self, name: str, u: torch.Tensor) -> torch.Tensor:
         """Router scores (..., m) of the tokens ``u`` at module ``name``."""
@@ -113,10 +116,43 @@ class VectorRouter:
                 name, {"weight_sum": torch.zeros(flat.shape[1]),
                        "top1": torch.zeros(flat.shape[1]), "n": 0}
             )
+            top1 = flat.argmax(dim=1)
             st["weight_sum"] += flat.sum(dim=0)
-            st["top1"] += torch.bincount(flat.argmax(dim=1), minlength=flat.shape[1])
+            st["top1"] += torch.bincount(top1, minlength=flat.shape[1])
             st["n"] += flat.shape[0]
+            if self.targets is not None:
+                self._record_accuracy(st, top1)
         return w, self.experts
+
+    def _record_accuracy(self, st: dict, top1: torch.Tensor) -> None:
+        """Top-1 hits on the per-token target expert, per token group."""
+        n_tok, n_t = top1.shape[0], self.targets.numel()
+        if n_tok % n_t:
+            raise ValueError(f"targets: {n_t} targets do not tile the {n_tok} tokens seen")
+        rep = n_tok // n_t  # one target per example tiles over its tokens (pooled families)
+        tgt = self.targets.reshape(-1).repeat_interleave(rep)
+        grp = self.groups.reshape(-1).repeat_interleave(rep)
+        hit = (top1 == tgt).to(torch.float64)
+        st.setdefault("hits", torch.zeros(self.n_groups, dtype=torch.float64))
+        st.setdefault("count", torch.zeros(self.n_groups, dtype=torch.float64))
+        st["hits"] += torch.bincount(grp, weights=hit, minlength=self.n_groups)
+        st["count"] += torch.bincount(grp, minlength=self.n_groups).to(torch.float64)
+
+    def set_targets(self, targets: torch.Tensor | None, groups: torch.Tensor | None = None,
+                    n_groups: int = 1) -> None:
+        """Per-token target positions (among the candidates) and groups for the next forward.
+
+        ``targets`` and ``groups`` share a shape: (n, L) per token or (n,) per example (tiled
+        over the example's tokens). None stops the accuracy recording.
+        """
+        if targets is not None:
+            groups = torch.zeros_like(targets) if groups is None else groups
+            if groups.shape != targets.shape:
+                raise ValueError(f"groups: shape {tuple(groups.shape)} differs from targets "
+                                 f"{tuple(targets.shape)}")
+        self.targets = None if targets is None else targets.long()
+        self.groups = None if targets is None else groups.long()
+        self.n_groups = int(n_groups)
 
     def reset_stats(self) -> None:
         self.stats = {}
@@ -150,9 +186,10 @@ def top_right_singular_vector(delta: torch.Tensor) -> torch.Tensor:
 
 
 def arrow_router(
-    model: nn.Module, experts: Sequence[int], temperature: float = 1.0, **kw
+    model: nn.Module, experts: Sequence[int], temperature: float = 10.0, **kw
 ) -> VectorRouter:
-    """Arrow: vectors are the top right singular vectors of each expert's ``B_i A_i``."""
+    """Arrow: vectors are the top right singular vectors of each expert's ``B_i A_i``; scores
+    ``|u . v_i| / T`` with the reference's temperature T = 10 by default."""
     vectors = {m.name: torch.stack([top_right_singular_vector(m.delta(i)) for i in experts])
                for m in lora_modules(model)}
     return VectorRouter(vectors, experts, score="arrow", temperature=temperature, **kw)
