@@ -9,7 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["set_threads", "seed_everything", "write_table", "read_json", "write_json"]
+__all__ = [
+    "set_threads",
+    "seed_everything",
+    "write_table",
+    "read_json",
+    "write_json",
+    "load_tensors",
+    "CacheRefused",
+]
 
 
 def set_threads(n: int = 1) -> None:
@@ -46,6 +54,32 @@ def write_table(df, path_stem: Path, digits: int = 3) -> tuple[Path, Path]:
     df.to_csv(csv, index=False)
     md.write_text(to_markdown(df, digits))
     return csv, md
+
+
+class CacheRefused(ValueError):
+    """A cache file that is not plain data (it would need pickle to load)."""
+
+
+def load_tensors(path: Path):
+    """Load a torch cache file as data only (``weights_only=True``).
+
+    A file that needs arbitrary unpickling -- one crafted to run code, or written by an old
+    version that stored objects -- is refused with :class:`CacheRefused` (a ValueError naming
+    the file); nothing in it is executed.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CacheRefused(
+            f"{path}: refused to load the cache file: it is not plain tensor data ({first}); "
+            "delete it to recompute"
+        ) from None
 
 
 def read_json(path: Path):

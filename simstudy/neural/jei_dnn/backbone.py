@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from simstudy.neural.jei_dnn.data import IGNORE
 from simstudy.neural.transformer import Transformer, TransformerConfig
 
 __all__ = ["train_backbone", "extract_features", "accuracy"]
@@ -28,7 +29,8 @@ def accuracy(model: Transformer, x: torch.Tensor, y: torch.Tensor, chunk: int = 
     model.eval()
     hits = 0
     for s in range(0, len(y), chunk):
-        hits += int((model(x[s : s + chunk]).argmax(-1) == y[s : s + chunk]).sum())
+        logits = model.head(model.features(x[s : s + chunk]))  # the pooled exit, any output
+        hits += int((logits.argmax(-1) == y[s : s + chunk]).sum())
     return hits / max(len(y), 1)
 
 
@@ -50,7 +52,8 @@ def train_backbone(
     cfg : TransformerConfig
     sample : callable
         ``sample(rng, batch_size) -> (x, y)``: one training batch (fresh synthetic draws, or a
-        resample of the backbone's training images with fresh corruption/augmentation).
+        resample of the backbone's training images with fresh corruption/augmentation); for
+        ``output="tokens"`` models ``y`` is (n, n_tokens) with ``IGNORE`` where unlabelled.
     val : (x, y)
         Validation data: the weights of the best validation accuracy (checked every
         ``eval_every`` steps and at the end) are kept.
@@ -78,7 +81,10 @@ def train_backbone(
     for step in range(1, int(steps) + 1):
         model.train()
         xb, yb = sample(rng, batch_size)
-        loss = F.cross_entropy(model(xb), yb, label_smoothing=label_smoothing)
+        out = model(xb)
+        # per-token models train on every position's target (IGNORE where there is none)
+        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1),
+                               ignore_index=IGNORE, label_smoothing=label_smoothing)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -8,6 +8,8 @@ import numpy as np
 
 __all__ = [
     "expected_calibration_error",
+    "reliability",
+    "score_exits",
     "conformal_thresholds",
     "conformal_sets",
     "conformal_report",
@@ -108,3 +110,69 @@ def chunk_spread(values, n_chunks: int = 5) -> tuple[float, float]:
     values = np.asarray(values, dtype=float)
     means = [c.mean() for c in np.array_split(values, n_chunks) if c.size]
     return float(np.mean(means)), float(np.std(means, ddof=1)) if len(means) > 1 else 0.0
+
+
+def reliability(confidence, correct, n_bins: int = 15) -> list[list[float]]:
+    """Equal-mass reliability diagram: [mean confidence, accuracy] per bin."""
+    confidence = np.asarray(confidence, dtype=float)
+    correct = np.asarray(correct, dtype=float)
+    order = np.argsort(confidence, kind="stable")
+    return [[float(confidence[c].mean()), float(correct[c].mean())]
+            for c in np.array_split(order, min(n_bins, max(confidence.size, 1))) if c.size]
+
+
+def score_exits(probs, y, exits, costs, difficulty=None, n_levels: int = 1, calib=None,
+                alphas=ALPHAS, n_chunks: int = 5) -> dict:
+    """Everything reported for one exit rule on one split.
+
+    Parameters
+    ----------
+    probs : array (n, L, C)
+        Class probabilities of every exit.
+    y, exits : arrays (n,)
+    costs : array (L,)
+        Normalised cost of each exit.
+    difficulty : array (n,), optional
+        Per-example difficulty in 0..n_levels-1 (accuracy, mean exit and cost by level).
+    calib : (probs, y, exits), optional
+        The same rule on the calibration split: split-conformal sets with per-exit thresholds.
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``cost``, ``ece``, ``acc_chunk_sd``/``cost_chunk_sd`` (spread over
+        ``n_chunks`` test chunks), ``exit_counts``, ``mean_exit`` (1-based), ``by_level``
+        (rows [level, n, accuracy, mean exit, mean cost]), ``conformal`` and ``reliability``.
+    """
+    probs = np.asarray(probs)
+    y, exits = np.asarray(y), np.asarray(exits)
+    costs = np.asarray(costs, dtype=float)
+    n, L, _ = probs.shape
+    chosen = probs[np.arange(n), exits]
+    conf = chosen.max(-1)
+    correct = (chosen.argmax(-1) == y).astype(float)
+    cost = costs[exits]
+    out = {
+        "accuracy": float(correct.mean()),
+        "cost": float(cost.mean()),
+        "ece": expected_calibration_error(conf, correct, 15),
+        "acc_chunk_sd": chunk_spread(correct, n_chunks)[1],
+        "cost_chunk_sd": chunk_spread(cost, n_chunks)[1],
+        "exit_counts": np.bincount(exits, minlength=L).tolist(),
+        "mean_exit": float(exits.mean() + 1),
+        "reliability": reliability(conf, correct),
+    }
+    if difficulty is not None:
+        difficulty = np.asarray(difficulty)
+        rows = []
+        for d in range(n_levels):
+            m = difficulty == d
+            if m.any():
+                rows.append([d, int(m.sum()), float(correct[m].mean()),
+                             float(exits[m].mean() + 1), float(cost[m].mean())])
+        out["by_level"] = rows
+    if calib is not None:
+        cp, cy, ce = (np.asarray(a) for a in calib)
+        chosen_cal = cp[np.arange(len(cy)), ce]
+        out["conformal"] = conformal_report((chosen_cal, cy, ce), (chosen, y, exits), L, alphas)
+    return out

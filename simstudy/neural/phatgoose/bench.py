@@ -494,7 +494,12 @@ def _units(plan: Plan) -> list[tuple[str, float, int, bool]]:
 def _worker(fn, *args):
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)  # tiny Adam moments of LoRA/gate grads would go denormal
-    return fn(*args)
+    try:
+        return fn(*args)
+    finally:
+        # flush-to-zero is process-wide: with --jobs 1 the unit runs in the caller's process,
+        # whose numba kernels (kernels.vexp near underflow) must keep their subnormals
+        torch.set_flush_denormal(False)
 
 
 def main(argv: list[str] | None = None) -> int:
