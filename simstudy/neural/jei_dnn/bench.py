@@ -8,9 +8,9 @@ capacity: settings where calibration differs between exits) warm up the IMs, tra
 IMs, score the baselines, and train every JEI-DNN replica (variant x lambda) at once.
 
 Caches (under ``--cache``, keyed by a hash of everything that determines them) are data only:
-features as ``.npz`` (``allow_pickle=False``), IM weights as tensors (``torch.load(...,
-weights_only=True)``), scored points as JSON. A rerun computes only what is missing; a cache
-file that is not plain data is refused with a one-line error.
+features as ``.npz`` (``allow_pickle=False``), IM weights as tensors
+(``torch.load(..., weights_only=True)``), scored points as JSON. A rerun computes only what
+is missing; a cache file that is not plain data is refused with a one-line error.
 """
 
 from __future__ import annotations
