@@ -352,7 +352,13 @@ def write_cross_study(out, figures: bool = True) -> list[Path]:
     import pandas as pd
 
     from simstudy.reports.figures import atoms_figure, save_figure
-    from simstudy.reports.tables import range_text, theory_text, to_markdown
+    from simstudy.reports.tables import (
+        range_text,
+        reps_text,
+        slope_ci_text,
+        theory_text,
+        to_markdown,
+    )
 
     out = Path(out)
     built, _ = _built(out)
@@ -367,12 +373,12 @@ def write_cross_study(out, figures: bool = True) -> list[Path]:
         "study/label": at["study"] + "/" + at["label"],
         "theory": [theory_text("rate" if m == 1 else "bound", e)
                    for m, e in zip(at["m"], at["expected"], strict=True)],
-        "slope [95% CI]": [_slope_ci(s, lo, hi) for s, lo, hi in zip(
+        "slope [95% CI]": [slope_ci_text(s, lo, hi) for s, lo, hi in zip(
             at["slope"], at["ci95_low"], at["ci95_high"], strict=True)],
         "verdict": at["verdict"],
         "n range": [range_text(a, b, c) for a, b, c in zip(at["n_min"], at["n_max"],
                                                            at["n_levels"], strict=True)],
-        "fits per n": [_fits_per_n(a, b) for a, b in zip(at["reps_min"], at["reps_max"],
+        "fits per n": [reps_text(a, b) for a, b in zip(at["reps_min"], at["reps_max"],
                                                          strict=True)]})
     (out / "tables" / "expert1_atoms.md").write_text(
         "# Expert 1 fitted by m atoms\n\nHeadline slopes of expert 1's weighted errors "
@@ -396,38 +402,30 @@ def _completeness(meta: dict) -> str:
             f"of every condition so far; {run} completes it)")
 
 
-def _fits_per_n(lo, hi) -> str:
-    import numpy as np
-
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return ""
-    return f"{int(lo)}" if lo == hi else f"{int(lo)}-{int(hi)}"
-
-
-def _slope_ci(s, lo, hi) -> str:
-    import numpy as np
-
-    from simstudy.reports.tables import ci_text
-
-    return f"{s:+.3f} {ci_text(lo, hi)}" if np.isfinite(s) else ""
-
-
 def _headline_rows(meta: dict, r: pd.DataFrame, metrics) -> list[dict]:
-    from simstudy.reports.tables import range_text, theory_text
+    from simstudy.reports.tables import (
+        decide_text,
+        range_text,
+        reps_text,
+        slope_ci_text,
+        theory_text,
+    )
 
     rows = []
     for row in r[r["metric"].isin(metrics)].itertuples(index=False):
         rows.append({
             "study": meta["study"], "label": row.label, "metric": row.metric,
             "theory": theory_text(row.kind, row.expected),
-            "slope [95% CI]": _slope_ci(row.slope, row.ci95_low, row.ci95_high),
+            "slope [95% CI]": slope_ci_text(row.slope, row.ci95_low, row.ci95_high),
             "verdict": row.verdict,
-            "upper half [95% CI]": _slope_ci(row.slope_upper, row.ci95_low_upper,
+            "to decide (projected)": decide_text(row.decide_as, row.decide_reps,
+                                                 row.decide_n_max),
+            "upper half [95% CI]": slope_ci_text(row.slope_upper, row.ci95_low_upper,
                                              row.ci95_high_upper),
             "upper-half verdict": row.verdict_upper,
             "q0.9 slope": row.slope_q90,
             "n range": range_text(row.n_min, row.n_max, row.n_levels),
-            "fits per n": _fits_per_n(row.reps_min, row.reps_max),
+            "fits per n": reps_text(row.reps_min, row.reps_max),
         })
     return rows
 

@@ -46,10 +46,12 @@ from simstudy.reports.verdicts import (
     BOUND,
     DEFAULT_TOL,
     FIXED,
+    INCONCLUSIVE,
     NONE,
     PLATEAU,
     RATE,
     decidable,
+    to_decide,
     verdict,
 )
 
@@ -415,13 +417,13 @@ RATE_COLUMNS = [
     "upper_n_min", "slope_upper", "ci90_low_upper", "ci90_high_upper", "ci95_low_upper",
     "ci95_high_upper", "curvature", "curvature_ci95_low", "curvature_ci95_high",
     "slope_ols", "log_shift", "log_share", "verdict", "verdict_q90", "verdict_upper",
-    "note", "headline", "reason",
+    "note", "headline", "reason", "decide_as", "decide_reps", "decide_n_max",
 ]
 
 _NUMERIC = [c for c in RATE_COLUMNS if c not in ("study", "label", "protocol", "metric", "kind",
                                                   "excluded", "verdict", "verdict_q90",
                                                   "verdict_upper", "note", "headline",
-                                                  "reason")]
+                                                  "reason", "decide_as")]
 
 
 def _judge(kind, expected, fit: RateFit | None, tol, can_decide, upper: RateFit | None = None):
@@ -500,7 +502,7 @@ def rate_table(df: pd.DataFrame, theory: pd.DataFrame | None = None, *,
             row = dict.fromkeys(RATE_COLUMNS, np.nan)
             row.update(study=study, label=label, protocol=protocol, metric=metric, kind=kind,
                        expected=expected, n_fits=len(g), headline=headline, reason=reason,
-                       note="", n_other_partition=0)
+                       note="", n_other_partition=0, decide_as="")
             if metric not in g.columns:
                 row.update(n_used=0, excluded=f"metric column missing: {len(g)}",
                            verdict=verdict(kind, expected, tol=tol), note="no data")
@@ -560,6 +562,10 @@ def rate_table(df: pd.DataFrame, theory: pd.DataFrame | None = None, *,
                                               fits.upper, tol, up_ok)
                 if kind in (RATE, BOUND, PLATEAU):
                     row["note"] = up_why if kind == PLATEAU else why
+                if row["verdict"] == INCONCLUSIVE and kind in (RATE, BOUND):
+                    row["decide_as"], row["decide_reps"], row["decide_n_max"] = to_decide(
+                        kind, expected, fits.q50.slope, fits.q50.ci(0.90), fits.q50.ci(0.95),
+                        reps_med, fits.q50.n_min, fits.q50.n_max, tol)
             rows.append(row)
     out = pd.DataFrame(rows, columns=RATE_COLUMNS)
     for c in _NUMERIC:

@@ -70,7 +70,7 @@ def ci_text(lo, hi) -> str:
     return f"[{lo:+.3f}, {hi:+.3f}]"
 
 
-def _slope_ci(s, lo, hi) -> str:
+def slope_ci_text(s, lo, hi) -> str:
     if not np.isfinite(s):
         return ""
     return f"{s:+.3f} {ci_text(lo, hi)}".strip()
@@ -92,10 +92,18 @@ def range_text(n_min, n_max, levels) -> str:
     return f"{n_text(n_min)}-{n_text(n_max)} ({int(levels)} n)"
 
 
-def _reps_text(lo, hi) -> str:
+def reps_text(lo, hi) -> str:
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return ""
     return f"{int(lo)}" if lo == hi else f"{int(lo)}-{int(hi)}"
+
+
+def decide_text(target, reps, n_max) -> str:
+    """What would decide an inconclusive rate (:func:`simstudy.reports.verdicts.to_decide`)."""
+    if not isinstance(target, str) or not target or not np.isfinite(reps):
+        return ""
+    stretch = f"n to {n_text(n_max)}" if np.isfinite(n_max) and n_max < 1e12 else ""
+    return f"{target}: ~{int(reps)} fits per n" + (f" or {stretch}" if stretch else "")
 
 
 def format_rates(rates: pd.DataFrame) -> pd.DataFrame:
@@ -110,19 +118,21 @@ def format_rates(rates: pd.DataFrame) -> pd.DataFrame:
         "95% CI": [ci_text(a, b) for a, b in zip(rates["ci95_low"], rates["ci95_high"],
                                                strict=True)],
         "verdict": rates["verdict"],
-        "upper half [95% CI]": [_slope_ci(s, a, b) for s, a, b in zip(
+        "upper half [95% CI]": [slope_ci_text(s, a, b) for s, a, b in zip(
             rates["slope_upper"], rates["ci95_low_upper"], rates["ci95_high_upper"],
             strict=True)],
+        "to decide (projected)": [decide_text(*v) for v in zip(
+            rates["decide_as"], rates["decide_reps"], rates["decide_n_max"], strict=True)],
         "upper-half verdict": rates["verdict_upper"],
-        "q0.9 slope [95% CI]": [_slope_ci(s, a, b) for s, a, b in zip(
+        "q0.9 slope [95% CI]": [slope_ci_text(s, a, b) for s, a, b in zip(
             rates["slope_q90"], rates["ci95_low_q90"], rates["ci95_high_q90"], strict=True)],
-        "curvature [95% CI]": [_slope_ci(s, a, b) for s, a, b in zip(
+        "curvature [95% CI]": [slope_ci_text(s, a, b) for s, a, b in zip(
             rates["curvature"], rates["curvature_ci95_low"], rates["curvature_ci95_high"],
             strict=True)],
         "OLS": rates["slope_ols"],
         "n range": [range_text(a, b, c) for a, b, c in zip(rates["n_min"], rates["n_max"],
                                                          rates["n_levels"], strict=True)],
-        "fits per n": [_reps_text(a, b) for a, b in zip(rates["reps_min"], rates["reps_max"],
+        "fits per n": [reps_text(a, b) for a, b in zip(rates["reps_min"], rates["reps_max"],
                                                       strict=True)],
         "fits used": rates["n_used"], "excluded": rates["excluded"], "note": rates["note"],
     })
@@ -180,7 +190,7 @@ def protocol_comparison(df: pd.DataFrame, rates: pd.DataFrame,
         keys = list(zip(slopes["label"], slopes["metric"], strict=True))
         slopes["n range"] = [range_text(*base.loc[k, ["n_min", "n_max", "n_levels"]])
                              if k in base.index else "" for k in keys]
-        slopes["fits per n"] = [_reps_text(*base.loc[k, ["reps_min", "reps_max"]])
+        slopes["fits per n"] = [reps_text(*base.loc[k, ["reps_min", "reps_max"]])
                                 if k in base.index else "" for k in keys]
 
     d = df[df["protocol"].isin(protocols)].copy()

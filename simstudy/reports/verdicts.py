@@ -31,7 +31,7 @@ __all__ = [
     "RATE", "BOUND", "PLATEAU", "NONE", "FIXED", "KINDS",
     "CONSISTENT", "SHOWN", "INCONSISTENT", "INCONCLUSIVE", "NO_GUARANTEE", "FIXED_VERDICT",
     "NO_DATA", "DECIDED", "DEFAULT_TOL", "MIN_LEVELS", "MIN_REPS",
-    "exact_verdict", "bound_verdict", "verdict", "decidable",
+    "exact_verdict", "bound_verdict", "verdict", "decidable", "to_decide",
 ]
 
 #: kinds of expectation (the theory table's ``kind`` column)
@@ -154,3 +154,68 @@ def verdict(kind: str, expected: float, ci90=(np.nan, np.nan), ci95=(np.nan, np.
     if v != NO_DATA and not can_decide:
         return INCONCLUSIVE
     return v
+
+
+def to_decide(kind: str, expected: float, slope: float, ci90, ci95, reps: float, n_min: float,
+              n_max: float, tol: float = DEFAULT_TOL) -> tuple[str, float, float]:
+    """What would decide an inconclusive rate: a projection, not a promise.
+
+    Assumes the slope estimate stays where it is and its interval shrinks as
+    1/sqrt(replications per n) on the same n grid, or as 1/log(n_max / n_min) when the grid
+    is stretched to a larger n_max with the same replications (the slope's standard error of
+    a least-squares or quantile fit scales with the spread of log n). A slow rate that still
+    bends (see the curvature) moves the estimate, so the projection is a lower bound on the
+    work in that case.
+
+    Parameters
+    ----------
+    kind, expected, tol
+        As in :func:`verdict` (only "rate" and "bound" are projected).
+    slope, ci90, ci95 : float, pair of float
+        The slope and its 90% / 95% intervals.
+    reps : float
+        Usable replications per n now (the median over n).
+    n_min, n_max : float
+        The n range now.
+
+    Returns
+    -------
+    (str, float, float)
+        The verdict it would reach ("consistent", "shown" or "inconsistent"; "" when nothing
+        is projected), the replications per n and the n_max that would reach it (nan when
+        not projected).
+    """
+    _check_tol(tol)
+    none = ("", np.nan, np.nan)
+    lo90, hi90 = _interval(ci90, "ci90")
+    lo95, hi95 = _interval(ci95, "ci95")
+    vals = (slope, lo90, hi90, lo95, hi95, reps, n_min, n_max)
+    if not all(np.isfinite(v) for v in vals) or reps <= 0 or not n_max > n_min > 0:
+        return none
+    if kind == BOUND:
+        edge = expected + tol
+        if slope < edge:
+            target, shrink = SHOWN, (edge - slope) / max(hi95 - slope, 1e-300)
+        elif slope > edge:
+            target, shrink = INCONSISTENT, (slope - edge) / max(slope - lo95, 1e-300)
+        else:
+            return none
+    elif kind == RATE:
+        band_lo, band_hi = expected - tol, expected + tol
+        if slope in (band_lo, band_hi):
+            return none
+        if band_lo < slope < band_hi:
+            target = CONSISTENT
+            shrink = min((band_hi - slope) / max(hi90 - slope, 1e-300),
+                         (slope - band_lo) / max(slope - lo90, 1e-300))
+        elif slope <= band_lo:
+            target, shrink = INCONSISTENT, (band_lo - slope) / max(hi95 - slope, 1e-300)
+        else:
+            target, shrink = INCONSISTENT, (slope - band_hi) / max(slope - lo95, 1e-300)
+    else:
+        return none
+    shrink = min(shrink, 1.0)  # decided by its interval already: only the size rule is left
+    need_reps = max(float(np.ceil(reps / shrink**2)), float(MIN_REPS))
+    with np.errstate(over="ignore"):
+        need_n_max = float(n_min * np.power(n_max / n_min, 1.0 / shrink))
+    return target, need_reps, need_n_max
