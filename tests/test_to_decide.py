@@ -39,6 +39,13 @@ def test_an_exact_rate_inside_the_band_projects_consistent_on_its_tighter_side()
     assert n_max == pytest.approx(1e3 * 100 ** (17 / 5))
 
 
+def test_an_exact_rate_inside_the_band_uses_its_lower_side_when_that_is_tighter():
+    # slope -0.55: the lower side must shrink 0.17 -> 0.05, the upper only 0.17 -> 0.15
+    target, reps, _ = to_decide("rate", -0.5, -0.55, (-0.72, -0.38), (-0.76, -0.34), 10, 1e3,
+                                1e5)
+    assert target == "consistent" and reps == np.ceil(10 / (5 / 17) ** 2)
+
+
 def test_an_exact_rate_outside_the_band_projects_inconsistent():
     # slope -0.75 below the band's -0.6: the 95% upper end -0.55 must come to -0.6 (0.15/0.2)
     target, reps, _ = to_decide("rate", -0.5, -0.75, (-0.88, -0.58), (-0.9, -0.55), 9, 1e3, 1e5)
@@ -62,6 +69,9 @@ def test_an_interval_that_decides_already_needs_only_the_size_rule():
     ("rate", -0.5, -0.5 - 0.1, (-0.7, -0.5), (-0.8, -0.4), 10, 1e3, 1e5),  # on the band end
     ("bound", -0.125, np.nan, NAN2, NAN2, 10, 1e3, 1e5),  # no slope
     ("bound", -0.125, -0.2, (-0.3, 0.0), (-0.3, 0.0), 0, 1e3, 1e5),  # no replications
+    ("bound", -0.125, -0.2, (-0.3, 0.0), (-0.3, 0.0), -1, 1e3, 1e5),
+    ("bound", -0.125, -0.2, (-0.3, 0.0), (-0.3, 0.0), 10, 0.0, 1e5),  # no n_min
+    ("bound", -0.125, -0.2, (-0.3, 0.0), (-0.3, 0.0), 10, 1e5, 1e3),  # a reversed range
     ("bound", -0.125, -0.2, (-0.3, 0.0), (-0.3, 0.0), 10, 1e3, 1e3),  # one sample size
 ])
 def test_nothing_is_projected_where_no_projection_makes_sense(args):

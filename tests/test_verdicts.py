@@ -105,3 +105,22 @@ def test_decidable_boundaries():
     assert not ok and f"{MIN_LEVELS - 1} sample sizes (need {MIN_LEVELS})" in why
     ok, why = decidable(20, MIN_REPS - 0.5)
     assert not ok and "usable replications at the median n" in why
+
+
+def test_the_size_rule_is_four_sample_sizes_and_eight_replications():
+    # the values the docs and every table cite (docs/rates.md): pinned, not just named
+    assert (MIN_LEVELS, MIN_REPS) == (4, 8)
+    assert decidable(4, 8)[0] and decidable(5, 9)[0] and decidable(4, 40)[0]
+    assert not decidable(3, 40)[0] and not decidable(4, 7.9)[0]
+    assert not decidable(4, np.nan)[0]  # no usable replications at all
+
+
+def test_a_degenerate_interval_and_a_zero_tolerance_are_accepted():
+    assert exact_verdict(R, (R, R), (R, R), tol=0.0) == "consistent"
+    assert bound_verdict(-0.25, (-0.3, -0.3), tol=0.0) == "shown"
+
+
+def test_a_half_missing_interval_is_no_data():
+    assert bound_verdict(-0.125, (np.nan, -0.5)) == "no data"
+    assert bound_verdict(-0.125, (-0.5, np.nan)) == "no data"
+    assert exact_verdict(R, (np.nan, HI), WIDE) == "no data"
