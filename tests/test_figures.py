@@ -110,7 +110,8 @@ def test_factorial_and_divergence_figures(study):
     fig = factorial_figure(fac, "over")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()][:3] == ["D2", "hellinger", "tv"]
-    assert len(ax.containers) == 3  # papers - strict, start effect, stop effect
+    # papers - strict, start effect, stop effect: one set of interval bars each
+    assert sum(type(c).__name__ == "LineCollection" for c in ax.collections) == 3
     assert legend_texts(ax)[0] == "papers - strict"
     dense = design_config("dense", k=4, Kbar=4, extra=(0,))
     ddf = synth_table([dense], reps=5, seed=2)
@@ -118,3 +119,22 @@ def test_factorial_and_divergence_figures(study):
     assert fig.axes[0].get_title() == "dense: max |beta1| (divergence)"
     assert factorial_figure(fac, "nope") is None
     assert metric_figure(df, "D1", None, th).axes[0].get_title() == "exact: D1"
+
+
+def test_interval_marks_draw_an_estimate_outside_its_own_interval():
+    # a median-regression slope can lie outside its percentile-bootstrap interval; the
+    # figure must draw it (matplotlib's errorbar refuses negative error lengths)
+    import matplotlib.pyplot as plt
+
+    from simstudy.reports.figures import interval_marks
+
+    fig, ax = plt.subplots()
+    interval_marks(ax, [1.0, 2.0, 3.0], [-0.30, -0.10, -0.2], [-0.25, -0.40, np.nan],
+                   [-0.05, -0.20, np.nan], marker="o", color="k", ms=5, lw=1, capsize=2,
+                   label="slope")
+    segs = ax.collections[0].get_segments()
+    assert len(segs) == 2  # the third interval is missing: no bar
+    assert np.allclose(segs[0][:, 1], [-0.25, -0.05]) and np.allclose(segs[1][:, 1], [-0.4, -0.2])
+    est = [ln for ln in ax.get_lines() if ln.get_label() == "slope"][0]
+    assert np.allclose(est.get_ydata(), [-0.30, -0.10, -0.2])
+    plt.close(fig)

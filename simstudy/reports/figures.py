@@ -279,6 +279,20 @@ def param_figure(df: pd.DataFrame, label: str, rates: pd.DataFrame | None = None
     return fig
 
 
+def interval_marks(ax, x, v, lo, hi, *, marker, color, ms, lw, capsize, label):
+    """Estimates with their intervals drawn as bars from lo to hi, independently of the
+    estimate: a percentile-bootstrap interval of a median-regression slope need not contain
+    the full-data estimate (an error bar cannot draw that)."""
+    x, v, lo, hi = (np.asarray(a, dtype=float) for a in (x, v, lo, hi))
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    if ok.any():
+        ax.vlines(x[ok], lo[ok], hi[ok], color=color, lw=lw)
+        for end in (lo, hi):
+            ax.plot(x[ok], end[ok], ls="none", marker="_", ms=2.5 * capsize, color=color,
+                    mew=lw)
+    ax.plot(x, v, ls="none", marker=marker, color=color, ms=ms, label=label)
+
+
 def factorial_figure(fac: pd.DataFrame, label: str, title: str = ""):
     """Start and stop effects (with 95% intervals) on the slope of every metric of one label:
     the 2 x 2 protocol factorial (:mod:`simstudy.reports.factorial`)."""
@@ -293,8 +307,8 @@ def factorial_figure(fac: pd.DataFrame, label: str, title: str = ""):
              ("start", "start effect (shrinking - fixed noise)", "#009E73", "^"),
              ("stop", "stop effect (tol 1e-6 - strict)", "#CC79A7", "D")], strict=True):
         v, lo, hi = f[e].to_numpy(), f[f"{e}_low"].to_numpy(), f[f"{e}_high"].to_numpy()
-        ax.errorbar(x + off, v, yerr=[v - lo, hi - v], fmt=marker, color=color, ms=5, lw=1.2,
-                    capsize=2, label=name)
+        interval_marks(ax, x + off, v, lo, hi, marker=marker, color=color, ms=5, lw=1.2,
+                       capsize=2, label=name)
     ax.axhline(0.0, color="0.5", lw=0.8)
     ax.set_xticks(x, f["metric"], rotation=45, ha="right", fontsize=8)
     ax.tick_params(axis="y", labelsize=8)
@@ -428,8 +442,8 @@ def atoms_figure(rows: pd.DataFrame, title: str = ""):
                     label="theory + tolerance (bound edge)")
             y, lo, hi = (g[k].to_numpy(dtype=float) for k in ("slope", "ci95_low",
                                                                "ci95_high"))
-            ax.errorbar(ms, y, yerr=[y - lo, hi - y], fmt="o", color=OKABE_ITO[0], ms=6,
-                        capsize=3, lw=1.4, label="measured slope, 95% CI")
+            interval_marks(ax, ms, y, lo, hi, marker="o", color=OKABE_ITO[0], ms=6,
+                           capsize=3, lw=1.4, label="measured slope, 95% CI")
             for m, yy, v in zip(ms, y, g["verdict"], strict=True):
                 if np.isfinite(yy):
                     ax.annotate(str(v), (m, yy), textcoords="offset points", xytext=(7, -3),
