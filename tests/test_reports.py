@@ -287,6 +287,13 @@ def test_cross_study_m_atoms_table_figure_and_stale_outputs(tmp_path, fake_engin
     assert "## Expert 1 fitted by m = 1, 2, 3 atoms" in readme
     assert "![expert 1 fitted by m atoms](figures/expert1_atoms.png)" in readme
     assert "Tables of old were written by an older simstudy" in readme
+    # tables written before the decide projection still make the README (nothing projected)
+    rp = out / "tables" / "mixed_rates.csv"
+    r = pd.read_csv(rp)
+    r.drop(columns=["decide_as", "decide_reps", "decide_n_max"]).to_csv(rp, index=False)
+    build.write_readme(out, "simstudy report")
+    again = (out / "README.md").read_text()
+    assert "| mixed |" in again and "Tables of mixed were written" not in again
     fig = atoms_figure(at)
     titles = [ax.get_title() for ax in fig.axes if ax.axison]
     assert titles == [f"design T: expert 1, {p}" for p in ("beta1", "a", "b", "v")]

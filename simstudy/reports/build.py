@@ -281,6 +281,7 @@ def _study_key(name: str):
 def _built(out: Path):
     """(meta, rates, theory, factorial) of every study built under ``out`` by this version
     (a study whose tables an older simstudy wrote is skipped, and named)."""
+    import numpy as np
     import pandas as pd
 
     found, stale = [], []
@@ -294,6 +295,10 @@ def _built(out: Path):
         if not set(_RATE_FORMAT) <= set(rates.columns) or "n_boot" not in meta:
             stale.append(meta["study"])
             continue
+        # tables from before the decide projection: nothing projected (not stale)
+        for col in ("decide_as", "decide_reps", "decide_n_max"):
+            if col not in rates.columns:
+                rates[col] = np.nan
         theory_csv = t / f"{meta['study']}_theory.csv"
         theory = pd.read_csv(theory_csv) if theory_csv.is_file() else None
         fac_csv = t / f"{meta['study']}_factorial.csv"
