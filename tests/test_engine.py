@@ -147,10 +147,17 @@ def test_changed_spec_is_refused_unless_force_new(tmp_path):
         assert store.meta()["spec_hash"] == load_spec(spec_file).spec_hash
 
 
+def _default_sigint():
+    # a test suite started in the background (`cmd &`) inherits SIGINT ignored, and Python
+    # then never turns it into KeyboardInterrupt: give the run the default handling a
+    # terminal user has
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_run(store_dir):
     cmd = [sys.executable, "-m", "simstudy", "run", str(KILL), "--jobs", "2", "--no-progress",
            "--store-dir", str(store_dir), "--task", "simstudy.engine.fakes:slow_fake_task"]
-    return subprocess.Popen(cmd, cwd=ROOT, start_new_session=True,
+    return subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, preexec_fn=_default_sigint,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
