@@ -426,7 +426,7 @@ def _headline_rows(meta: dict, r: pd.DataFrame, metrics) -> list[dict]:
             "to decide (projected)": decide_text(row.decide_as, row.decide_reps,
                                                  row.decide_n_max),
             "upper half [95% CI]": slope_ci_text(row.slope_upper, row.ci95_low_upper,
-                                             row.ci95_high_upper),
+                                                 row.ci95_high_upper),
             "upper-half verdict": row.verdict_upper,
             "q0.9 slope": row.slope_q90,
             "n range": range_text(row.n_min, row.n_max, row.n_levels),
