@@ -15,11 +15,14 @@ store, a lost worker, no cluster workers, out of memory); 130 after Ctrl-C. No t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 __all__ = ["main", "build_parser", "compare_with_stored"]
@@ -27,6 +30,7 @@ __all__ = ["main", "build_parser", "compare_with_stored"]
 EXIT_USER_ERROR = 2
 EXIT_ENVIRONMENT = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell or a scheduler expects
 DEFAULT_RTOL = 1e-9
 DEFAULT_ATOL = 1e-12
 
@@ -173,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt as exc:
         msg = str(exc) or "interrupted"
+        if _terminated:
+            msg = f"stopped by SIGTERM: {msg}"
         print(f"simstudy: {msg}; rerun the same command to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if _terminated else EXIT_INTERRUPTED
     except SystemExit:
         raise
     except BaseException as exc:  # every failure: one line and an exit status
@@ -227,6 +233,35 @@ def _print_table(rows, columns) -> None:
 
 
 # -- subcommands ---------------------------------------------------------------------------------
+_terminated = False
+
+
+@contextlib.contextmanager
+def _sigterm_stops_run():
+    """Make SIGTERM (``kill``, a scheduler's time limit) stop a run as Ctrl-C does.
+
+    The default action kills the process on the spot: the store stays consistent, but the run
+    never says what it stored. Raising KeyboardInterrupt takes the Ctrl-C path instead, which
+    stops the workers and prints the one-line summary. The previous handler is restored after.
+    """
+    global _terminated
+    _terminated = False
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be set from the main thread (main() called from a thread)
+        return
+
+    def handler(signum, frame):
+        global _terminated
+        _terminated = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _cmd_run(args) -> int:
     from simstudy.engine.cluster import parse_options
     from simstudy.engine.runner import resolve_task_fn, run_study
@@ -234,14 +269,15 @@ def _cmd_run(args) -> int:
     task_fn = resolve_task_fn(args.task) if args.task else None
     if args.slurm and args.backend != "slurm":
         raise UserError("--slurm: only with --backend slurm")
-    summary = run_study(args.spec, jobs=args.jobs, backend=args.backend,
-                        scheduler=args.scheduler, progress=not args.no_progress,
-                        force_new=args.force_new, retry_errors=args.retry_errors,
-                        store_dir=args.store_dir, task_fn=task_fn, max_reps=args.max_reps,
-                        max_n=args.max_n,
-                        allow_mixed=args.allow_mixed, journal_mode=args.journal_mode,
-                        wait_for_workers=args.wait_for_workers,
-                        wait_timeout=args.wait_timeout, slurm=parse_options(args.slurm))
+    with _sigterm_stops_run():
+        summary = run_study(args.spec, jobs=args.jobs, backend=args.backend,
+                            scheduler=args.scheduler, progress=not args.no_progress,
+                            force_new=args.force_new, retry_errors=args.retry_errors,
+                            store_dir=args.store_dir, task_fn=task_fn, max_reps=args.max_reps,
+                            max_n=args.max_n,
+                            allow_mixed=args.allow_mixed, journal_mode=args.journal_mode,
+                            wait_for_workers=args.wait_for_workers,
+                            wait_timeout=args.wait_timeout, slurm=parse_options(args.slurm))
     print(summary.line())
     return 0
 

@@ -224,6 +224,35 @@ def test_ctrl_c_stops_cleanly(tmp_path):
         assert 2 <= len(store.task_rows()) < len(load_spec(KILL).tasks())
 
 
+def test_sigterm_stops_cleanly(tmp_path):
+    """kill (a scheduler's time limit) stops a run as Ctrl-C does: summary line, exit 143."""
+    proc = start_run(tmp_path)
+    db = store_path("engine_kill", tmp_path)
+    try:
+        wait_for_rows(proc, db, 2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    err = err.decode()
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in err and "task(s) done now" in err, err[-2000:]
+    assert "rerun the same command to resume" in err and "Traceback" not in err
+    with ResultStore(db, readonly=True) as store:
+        assert 2 <= len(store.task_rows()) < len(load_spec(KILL).tasks())
+
+
+def test_sigterm_handler_is_restored_after_a_run(tmp_path):
+    from simstudy import cli
+
+    before = signal.getsignal(signal.SIGTERM)
+    with cli._sigterm_stops_run():
+        assert signal.getsignal(signal.SIGTERM) is not before
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_dask_backend_matches_loky(reference, tmp_path):
     distributed = pytest.importorskip("distributed")
     _, ref = reference
