@@ -271,3 +271,9 @@ def test_report_shows_the_provenance(tmp_path):
     assert "3 fits computed by `t:a`" in text and "code c1" in text and "on h1, h2." in text
     assert "**Mixed provenance**" in text
     assert _provenance_text(_provenance(df.drop(columns=[c for c in df if "prov" in c]))) == ""
+    # runs from two commits with the same code hash and libraries are not mixed
+    same = df.assign(prov_task="t:a", prov_code="c1", prov_git=["g1"] * 3 + ["g2"])
+    text = _provenance_text(_provenance(same))
+    assert len(_provenance(same)) == 2 and "**Mixed provenance**" not in text
+    assert text == ("4 fits computed by `t:a`, simstudy None, code c1 (git g1: 3, g2: 1 fits), "
+                    "python None, numpy 2.0, scipy None, numba None, BLAS None; on h1, h2, h3.")

@@ -72,17 +72,33 @@ def _provenance(df: pd.DataFrame) -> list[dict]:
 
 
 def _provenance_text(records: list[dict]) -> str:
-    """'Computed by ...' lines of a study in the README ('' when the table had none)."""
+    """'Computed by ...' lines of a study in the README ('' when the table had none).
+
+    One line per code and library version; the git commits it was run from are listed in it,
+    since a commit alone changes no number (the code hash covers the computing source).
+    """
     if not records:
         return ""
-    lines = []
+    groups: dict[tuple, list[dict]] = {}
     for r in records:
-        git = f" (git {r['git']})" if r.get("git") else ""
-        lines.append(f"{r['fits']} fits computed by `{r.get('task')}`, simstudy "
+        key = tuple((k, str(v)) for k, v in sorted(r.items()) if k not in ("git", "fits", "hosts"))
+        groups.setdefault(key, []).append(r)
+    lines = []
+    for rs in groups.values():
+        r = rs[0]
+        commits = [(g["git"], g["fits"]) for g in rs if g.get("git")]
+        if len(commits) == 1:
+            git = f" (git {commits[0][0]})"
+        elif commits:
+            git = " (git " + ", ".join(f"{c}: {f}" for c, f in commits) + " fits)"
+        else:
+            git = ""
+        hosts = sorted({h for g in rs for h in g["hosts"]})
+        lines.append(f"{sum(g['fits'] for g in rs)} fits computed by `{r.get('task')}`, simstudy "
                      f"{r.get('simstudy')}, code {r.get('code')}{git}, python {r.get('python')}, "
                      f"numpy {r.get('numpy')}, scipy {r.get('scipy')}, numba {r.get('numba')}, "
-                     f"BLAS {r.get('blas')}; on {', '.join(r['hosts']) or 'unknown hosts'}.")
-    if len(records) > 1:
+                     f"BLAS {r.get('blas')}; on {', '.join(hosts) or 'unknown hosts'}.")
+    if len(groups) > 1:
         lines.append("**Mixed provenance**: these fits come from different code or library "
                      "versions.")
     return "\n".join(lines)
