@@ -205,40 +205,24 @@ def test_interrupted_run_resumes_to_the_same_store(tmp_path):
     assert len(a) == total and a.equals(b)
 
 
-def test_ctrl_c_stops_cleanly(tmp_path):
+@pytest.mark.parametrize("signum, code, says", [
+    (signal.SIGINT, 130, "interrupted: "),  # Ctrl-C
+    (signal.SIGTERM, 143, "stopped by SIGTERM: "),  # kill, a scheduler's time limit
+])
+def test_a_stopped_run_says_what_it_stored(tmp_path, signum, code, says):
     proc = start_run(tmp_path)
     db = store_path("engine_kill", tmp_path)
     try:
         wait_for_rows(proc, db, 2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
     err = err.decode()
-    assert proc.returncode == 130, err[-2000:]
-    assert "interrupted" in err and "rerun the same command to resume" in err
-    assert "Traceback" not in err
-    with ResultStore(db, readonly=True) as store:
-        assert 2 <= len(store.task_rows()) < len(load_spec(KILL).tasks())
-
-
-def test_sigterm_stops_cleanly(tmp_path):
-    """kill (a scheduler's time limit) stops a run as Ctrl-C does: summary line, exit 143."""
-    proc = start_run(tmp_path)
-    db = store_path("engine_kill", tmp_path)
-    try:
-        wait_for_rows(proc, db, 2)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-    err = err.decode()
-    assert proc.returncode == 143, err[-2000:]
-    assert "stopped by SIGTERM" in err and "task(s) done now" in err, err[-2000:]
+    assert proc.returncode == code, err[-2000:]
+    assert says in err and "task(s) done now" in err, err[-2000:]
     assert "rerun the same command to resume" in err and "Traceback" not in err
     with ResultStore(db, readonly=True) as store:
         assert 2 <= len(store.task_rows()) < len(load_spec(KILL).tasks())
