@@ -8,8 +8,9 @@ user guide is docs/cli.md.
 Every failure prints one line ``simstudy COMMAND: error: ...`` and exits with status 2 when the
 user can fix it (an invalid spec or option, a store that does not match its spec, mixed
 provenance) or 1 when the environment failed (disk full, read-only storage, a corrupt or locked
-store, a lost worker, no cluster workers, out of memory); 130 after Ctrl-C. No traceback, unless
-``SIMSTUDY_TRACEBACK=1`` for an unexpected error.
+store, a lost worker, no cluster workers, out of memory); 130 after Ctrl-C, 143 after SIGTERM
+(both print what the run stored). No traceback, unless ``SIMSTUDY_TRACEBACK=1`` for an
+unexpected error.
 """
 
 from __future__ import annotations

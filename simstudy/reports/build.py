@@ -297,7 +297,6 @@ def _study_key(name: str):
 def _built(out: Path):
     """(meta, rates, theory, factorial) of every study built under ``out`` by this version
     (a study whose tables an older simstudy wrote is skipped, and named)."""
-    import numpy as np
     import pandas as pd
 
     found, stale = [], []
@@ -314,7 +313,7 @@ def _built(out: Path):
         # tables from before the decide projection: nothing projected (not stale)
         for col in ("decide_as", "decide_reps", "decide_n_max"):
             if col not in rates.columns:
-                rates[col] = np.nan
+                rates[col] = float("nan")
         theory_csv = t / f"{meta['study']}_theory.csv"
         theory = pd.read_csv(theory_csv) if theory_csv.is_file() else None
         fac_csv = t / f"{meta['study']}_factorial.csv"
