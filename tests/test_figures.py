@@ -79,6 +79,19 @@ def test_metric_figure_facets_legends_ticks_and_palette(study):
     assert hi0 < lo1
 
 
+def test_the_headline_protocol_is_drawn_above_the_others(study):
+    # a protocol with the same values as strict (fixed_tol often has) must not hide it
+    df, th, rates = study
+    fig = metric_figure(df, "hellinger", rates, th)
+    for ax in (a for a in fig.axes if a.axison):
+        fitted = {ln.get_label().split(":")[0]: ln.get_zorder() for ln in ax.get_lines()
+                  if ln.get_label().split(":")[0] in PROTOCOLS}
+        assert set(fitted) == set(PROTOCOLS)
+        assert fitted["strict"] > max(z for p, z in fitted.items() if p != "strict")
+        pts = [c.get_zorder() for c in ax.collections if c.get_offsets().shape[0] > 10]
+        assert max(pts) == pts[0] and len(set(pts)) == len(pts)  # strict's points first
+
+
 def test_narrow_range_panel_still_has_readable_y_ticks(study):
     df, th, rates = study
     fig = metric_figure(df, "tv", rates, th)

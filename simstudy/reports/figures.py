@@ -119,12 +119,16 @@ def _readable_log_axis(axis, lo: float, hi: float, fmt=None) -> None:
 
 def draw_metric(ax, g: pd.DataFrame, metric: str, color, marker: str, name: str, rate=None,
                 partition=None, statuses=INCLUDED_STATUSES, jitter: float = 0.03,
-                seed: int = 0) -> bool:
+                seed: int = 0, layer: int = 0) -> bool:
     """Draw one series (one label and protocol) of ``metric`` on ``ax``; False when nothing
     is usable.
 
     rate : a row of the rate table (slope, intercept, CI, kind, expected) or None
+    layer : the series' place in the drawing order; series 0 (the headline protocol) is
+        drawn above the others in each layer (points, lines, medians), so a protocol whose
+        values coincide with it cannot hide it
     """
+    lift = -0.01 * layer
     if metric not in g.columns:
         return False
     use, _ = usable(g, metric, partition, statuses)
@@ -134,20 +138,20 @@ def draw_metric(ax, g: pd.DataFrame, metric: str, color, marker: str, name: str,
     v = pd.to_numeric(g[metric], errors="coerce").to_numpy(dtype=float)[use]
     rng = np.random.default_rng(seed)
     ax.scatter(n * np.exp(rng.uniform(-jitter, jitter, n.size)), v, s=9, alpha=0.45,
-               color=color, marker=marker, linewidths=0, zorder=2)
+               color=color, marker=marker, linewidths=0, zorder=2 + lift)
     med = pd.Series(v).groupby(n).median()
     ax.plot(med.index, med.to_numpy(), linestyle="none", marker=marker, ms=5, mfc="white",
-            mec=color, mew=1.2, zorder=4)
+            mec=color, mew=1.2, zorder=4 + lift)
     label = _legend_text(name, rate)
     if rate is not None and np.isfinite(rate.slope) and np.isfinite(rate.intercept):
         grid = np.geomspace(med.index.min(), med.index.max(), 50)
         fitted = np.exp(rate.intercept + rate.slope * np.log(grid))
-        ax.plot(grid, fitted, "-", lw=1.8, color=color, zorder=3, label=label)
+        ax.plot(grid, fitted, "-", lw=1.8, color=color, zorder=3 + lift, label=label)
         if rate.kind in (RATE, BOUND, PLATEAU) and np.isfinite(rate.expected):
             mid = np.sqrt(grid[0] * grid[-1])
             at = np.exp(rate.intercept + rate.slope * np.log(mid))
             ax.plot(grid, at * (grid / mid) ** rate.expected, "--", lw=1.2, color=color,
-                    alpha=0.9, zorder=3, gid="theory")
+                    alpha=0.9, zorder=3 + lift, gid="theory")
             theory = _theory_label(rate)
             have = {t.get_label() for t in ax.get_lines()}
             if theory not in have:  # one legend entry for the theory per panel
@@ -207,7 +211,8 @@ def metric_figure(df: pd.DataFrame, metric: str, rates: pd.DataFrame | None = No
         for i, proto in enumerate(_ordered(g["protocol"])):
             color, marker = style(proto, i)
             drawn |= draw_metric(ax, g[g["protocol"] == proto], metric, color, marker, proto,
-                                 look.get((label, proto, metric)), design.get(label), seed=i)
+                                 look.get((label, proto, metric)), design.get(label), seed=i,
+                                 layer=i)
         ax.set_title(f"{label}: {metric}" if len(labels) > 1 or not title else title,
                      fontsize=10)
         _finish_axis(ax, ylabel=metric)
@@ -256,7 +261,8 @@ def param_figure(df: pd.DataFrame, label: str, rates: pd.DataFrame | None = None
             for i, proto in enumerate(_ordered(g["protocol"])):
                 color, marker = style(proto, i)
                 here |= draw_metric(ax, g[g["protocol"] == proto], metric, color, marker,
-                                    proto, look.get((label, proto, metric)), part, seed=i)
+                                    proto, look.get((label, proto, metric)), part, seed=i,
+                                    layer=i)
             t = th.get((label, metric))
             kind = "" if t is None else t.kind
             if not here:
@@ -334,7 +340,7 @@ def divergence_figure(df: pd.DataFrame, labels, title: str = ""):
         for i, proto in enumerate(_ordered(g["protocol"])):
             color, marker = style(proto, i)
             draw_metric(ax, g[g["protocol"] == proto], "max_abs_beta1", color, marker, proto,
-                        None, None, seed=i)
+                        None, None, seed=i, layer=i)
         ax.set_title(f"{label}: max |beta1| (divergence)", fontsize=10)
         _finish_axis(ax, ylabel="max |beta1|")
         _legend_below(ax)
