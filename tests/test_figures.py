@@ -80,7 +80,8 @@ def test_metric_figure_facets_legends_ticks_and_palette(study):
 
 
 def test_the_headline_protocol_is_drawn_above_the_others(study):
-    # a protocol with the same values as strict (fixed_tol often has) must not hide it
+    # a protocol whose values coincide with strict's must not hide it (shrinking_strict's
+    # D2 on topk_over did)
     df, th, rates = study
     fig = metric_figure(df, "hellinger", rates, th)
     for ax in (a for a in fig.axes if a.axison):
