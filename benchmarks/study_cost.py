@@ -2,9 +2,12 @@
 benchmarks.study_cost [--out results/bench/study_cost.md]``.
 
 For every study spec: the fits in its store (or in the committed per-fit data) give, per
-(fit label, protocol), a power law of the median seconds per fit in n (least squares on the
-log medians per n; a single n is scaled linearly). Each planned task that is not stored yet is
-priced by that law, so a staged run (``--max-reps``, ``--max-n``) projects the whole study.
+(fit label, protocol), the mean seconds per fit at each stored n. A missing task at a stored n
+is priced at that mean; at an n with no fits yet, by a power law of the per-n means in n (least
+squares on their logs; a single n is scaled linearly), so a staged run (``--max-reps``,
+``--max-n``) projects the whole study. Means, not medians: fit times are heavy-tailed (a few
+over-specified fits take tens of times their n's median), and a median law underpriced the
+remaining work by about half.
 Seconds are one core's wall time inside a worker; the machine's load at the time of the fits is
 in them (the report says so).
 """
@@ -21,13 +24,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _law(g):
-    """(log a, b) of seconds = a n^b from the per-n medians of one (label, protocol)."""
-    med = g.groupby("n")["seconds"].median()
-    x, y = np.log(med.index.to_numpy(float)), np.log(np.maximum(med.to_numpy(float), 1e-6))
+    """(log a, b) of seconds = a n^b from the per-n means of one (label, protocol)."""
+    mean = g.groupby("n")["seconds"].mean()
+    x, y = np.log(mean.index.to_numpy(float)), np.log(np.maximum(mean.to_numpy(float), 1e-6))
     if len(x) < 2:
         return y[0] - x[0], 1.0
     b, a = np.polyfit(x, y, 1)
     return a, b
+
+
+def _price(want, have):
+    """(exponent of n, core-seconds) of the planned tasks in ``want`` not yet in ``have``.
+
+    Both frames hold one (label, protocol); a missing task costs the mean of the stored fits at
+    its n, or the power law of ``_law`` at an n with none stored.
+    """
+    a, b = _law(have)
+    mean = have.groupby("n")["seconds"].mean()
+    todo = want.groupby("n").size().sub(have.groupby("n").size(), fill_value=0).clip(lower=0)
+    rest = sum(c * (mean[n] if n in mean.index else np.exp(a + b * np.log(n)))
+               for n, c in todo.items())
+    return b, float(rest)
 
 
 def study_cost(spec_path):
@@ -50,16 +67,12 @@ def study_cost(spec_path):
     for (label, protocol), want in plan.groupby(["label", "protocol"]):
         have = df[(df["label"] == label) & (df["protocol"] == protocol)] if len(df) else df
         spent = float(have["seconds"].sum()) if len(have) else 0.0
-        if len(have):
-            a, b = _law(have)
-            counts = have.groupby("n").size()
-            todo = want.groupby("n").size().sub(counts, fill_value=0).clip(lower=0)
-            rest = float(sum(c * np.exp(a + b * np.log(n)) for n, c in todo.items()))
-        else:
-            b, rest = np.nan, np.nan
+        b, rest = _price(want, have) if len(have) else (np.nan, np.nan)
         rows.append({"study": spec.name, "fit": label, "protocol": protocol,
                      "fits stored": len(have), "fits planned": len(want),
-                     "core-s spent": spent, "exponent of n": b,
+                     "core-s spent": spent,
+                     "slowest fit (s)": float(have["seconds"].max()) if len(have) else np.nan,
+                     "exponent of n": b,
                      "core-s projected (whole study)": spent + rest})
     return rows
 
@@ -78,8 +91,11 @@ def run(specs=None) -> str:
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     return ("# Cost of the full study\n\n"
             "Produced by `python -m benchmarks.study_cost` from the fits stored so far; each "
-            "missing task is priced by a power law in n of its (fit, protocol)'s median seconds "
-            "per fit. Seconds are one core's wall time inside a worker, under whatever load the "
+            "missing task is priced at its (fit, protocol)'s mean seconds per fit at that n, or "
+            "by a power law in n of those means where no fit at that n is stored yet. "
+            "The hours on 2 cores assume both cores stay busy; a run's stragglers (the "
+            f"slowest fit took {frame['slowest fit (s)'].max():.0f} s) make the real wall "
+            "time longer. Seconds are one core's wall time inside a worker, under whatever load the "
             f"machine had when the fits ran (load average now {load} on {os.cpu_count()} "
             "cores).\n\n"
             f"Total: {int(total['fits stored'])} of {int(total['fits planned'])} fits stored, "
