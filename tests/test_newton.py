@@ -41,6 +41,22 @@ def quiet_fit(est, X, y):
 
 
 # -- the trust-region subproblem ----------------------------------------------------------------
+def assert_global_tr_solution(g, A, radius, z, pred):
+    """The Moré-Sorensen conditions: (A + mu I) z = g with mu >= 0, A + mu I positive
+    semi-definite, mu (radius - |z|) = 0; they characterise the global maximiser."""
+    nz = np.linalg.norm(z)
+    scale = max(1e-300, float(np.abs(np.linalg.eigvalsh(A)).max()))
+    assert nz <= radius * (1 + 1e-8)
+    assert pred == pytest.approx(g @ z - 0.5 * z @ A @ z, rel=1e-9, abs=1e-12 * scale * radius**2)
+    res = g - A @ z
+    mu = (res @ z) / (z @ z)
+    assert np.linalg.norm(res - mu * z) <= 1e-7 * max(np.linalg.norm(g), scale * radius)
+    assert mu >= -1e-8 * scale
+    assert np.linalg.eigvalsh(A)[0] + mu >= -1e-8 * scale
+    if mu > 1e-9 * scale:
+        assert nz == pytest.approx(radius, rel=1e-8)
+
+
 def test_tr_step_satisfies_the_kkt_conditions():
     """(A + mu I) z = g, mu >= 0, A + mu I positive semi-definite, mu (radius - |z|) = 0: the
     global solution of the subproblem (Moré & Sorensen), including indefinite A and the hard
@@ -58,34 +74,8 @@ def test_tr_step_satisfies_the_kkt_conditions():
             A = A - (lam[0] + 1.0) * np.outer(Q[:, 0], Q[:, 0])
             g = g - (Q[:, 0] @ g) * Q[:, 0]
         z, pred = tr_step(g, A, radius)
-        nz = np.linalg.norm(z)
-        assert nz <= radius * (1 + 1e-8)
-        assert pred == pytest.approx(g @ z - 0.5 * z @ A @ z, rel=1e-9, abs=1e-12)
-        res = g - A @ z
-        mu = (res @ z) / (z @ z)
-        scale = max(1.0, float(np.abs(np.linalg.eigvalsh(A)).max()))
-        assert np.linalg.norm(res - mu * z) <= 1e-6 * max(1.0, np.linalg.norm(g))
-        assert mu >= -1e-8 * scale
-        assert np.linalg.eigvalsh(A)[0] + mu >= -1e-8 * scale
-        if mu > 1e-9 * scale:
-            assert nz == pytest.approx(radius, rel=1e-8)
+        assert_global_tr_solution(g, A, radius, z, pred)
         assert pred >= 0.0  # never worse than not moving
-
-
-def assert_global_tr_solution(g, A, radius, z, pred):
-    """The Moré-Sorensen conditions: (A + mu I) z = g with mu >= 0, A + mu I positive
-    semi-definite, mu (radius - |z|) = 0; they characterise the global maximiser."""
-    nz = np.linalg.norm(z)
-    scale = max(1e-300, float(np.abs(np.linalg.eigvalsh(A)).max()))
-    assert nz <= radius * (1 + 1e-8)
-    assert pred == pytest.approx(g @ z - 0.5 * z @ A @ z, rel=1e-9, abs=1e-12 * scale * radius**2)
-    res = g - A @ z
-    mu = (res @ z) / (z @ z)
-    assert np.linalg.norm(res - mu * z) <= 1e-7 * max(np.linalg.norm(g), scale * radius)
-    assert mu >= -1e-8 * scale
-    assert np.linalg.eigvalsh(A)[0] + mu >= -1e-8 * scale
-    if mu > 1e-9 * scale:
-        assert nz == pytest.approx(radius, rel=1e-8)
 
 
 def test_tr_step_with_no_free_parameter_is_the_empty_step():
